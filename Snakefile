@@ -1,0 +1,20 @@
+# Spectra: attention measurements of decoder LLMs and a causal test of query magnitude.
+# Stages: demo (offline model + corpus) → data (SlimPajama → 512-token shards) → …
+# Run: snakemake --cores 1 --resources gpu=1   (see README.md)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

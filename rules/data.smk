@@ -1,0 +1,44 @@
+# Stage 1: raw SlimPajama text → documents of the kept sources → tokens → fixed-length chunks in
+# results/<run>/data/shards/shard_NNNN.npz, with a manifest of counts, tokenizer and checksums.
+
+
+rule fetch_dataset:
+    output:
+        dataset_dir=directory(HUB_DATASET_DIR),
+    log:
+        f"{LOGS}/fetch_dataset.log",
+    retries: 2
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        dataset_id=config["data"]["source"],
+        split=config["data"]["split"],
+    script:
+        "../workflow_scripts/fetch_dataset.py"
+
+
+rule make_shards:
+    input:
+        corpus=corpus_inputs(),
+        model=model_inputs(),
+        code=package_code("shards", "corpus", "io"),
+    output:
+        shards=directory(f"{RUN}/data/shards"),
+        manifest=f"{RUN}/data/manifest.json",
+    log:
+        f"{LOGS}/make_shards.log",
+    benchmark:
+        f"{BENCHMARKS}/make_shards.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 2
+    params:
+        source=corpus_dir(),
+        split=config["data"]["split"],
+        tokenizer=config["model"]["name_or_path"],
+        revision=config["model"]["revision"],
+        trust_remote_code=config["model"]["trust_remote_code"],
+        data=config["data"],
+    script:
+        "../workflow_scripts/make_shards.py"

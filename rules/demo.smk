@@ -1,0 +1,38 @@
+# The offline demo: a SlimPajama-627B-layout corpus written from the Python standard library, and a
+# small Llama (GQA, RoPE) with a byte-level BPE tokenizer, trained briefly and deterministically on
+# its train split. Used only while config points model.name_or_path / data.source at them.
+
+
+rule build_demo_corpus:
+    input:
+        code=package_code("demo_corpus", "io"),
+    output:
+        corpus_dir=directory("resources/demo/slimpajama"),
+    log:
+        "results/logs/build_demo_corpus.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/build_demo_corpus.py"
+
+
+rule build_demo_model:
+    input:
+        corpus_dir=rules.build_demo_corpus.output.corpus_dir,
+        code=package_code("demo_model", "corpus"),
+    output:
+        model_dir=directory("resources/demo/model"),
+    log:
+        "results/logs/build_demo_model.log",
+    benchmark:
+        "results/benchmarks/build_demo_model.tsv"
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    params:
+        demo=config["demo"],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/build_demo_model.py"

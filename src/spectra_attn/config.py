@@ -1,0 +1,188 @@
+"""Configuration: the schema, validation with defaults, overlays, and a readable description.
+
+The same schema file validates the config inside Snakemake (``rules/common.smk``) and outside it
+(``spectra config show``), so both reject the same keys with the same messages.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"
+DEMO_MODEL_PATH = "resources/demo/model"
+DEMO_CORPUS_PATH = "resources/demo/slimpajama"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+def schema_path() -> Path:
+    """Path of the JSON schema (YAML) that every configuration is validated against."""
+    return Path(str(resources.files("spectra_attn").joinpath(SCHEMA_RESOURCE)))
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Overlay ``overlay`` on ``base`` the way ``snakemake --configfile`` does: mappings merge
+    key by key, everything else (lists included) is replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _fill_defaults(instance: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in instance and "default" in subschema:
+            instance[key] = copy.deepcopy(subschema["default"])
+        if isinstance(instance.get(key), dict) and subschema.get("type") == "object":
+            _fill_defaults(instance[key], subschema)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = []
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".") or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unexpected = sorted(set(error.instance) - set(allowed))
+        where = "at the top level" if key == "<top level>" else f"under '{key}'"
+        return (
+            f"unknown configuration key(s) {', '.join(repr(u) for u in unexpected)} {where}; "
+            f"allowed keys: {', '.join(allowed)}"
+        )
+    return f"config key '{key}': {error.message}"
+
+
+def validate(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of ``config`` with every missing key set to its default.
+
+    Raises ConfigError naming every offending key (all errors at once, not only the first).
+    """
+    schema = load_schema()
+    instance = copy.deepcopy(dict(config))
+    _fill_defaults(instance, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(
+            "invalid configuration:\n" + "\n".join(f"  - {_describe(e)}" for e in errors)
+        )
+    return instance
+
+
+def load(configfiles: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """Read YAML config files, each overlaying the previous one, and validate the result."""
+    merged: dict[str, Any] = {}
+    for path in configfiles:
+        text = Path(path).read_text()
+        content = yaml.safe_load(text) or {}
+        if not isinstance(content, Mapping):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys, not {content!r}")
+        merged = deep_merge(merged, content)
+    return validate(merged)
+
+
+def uses_demo_model(config: Mapping[str, Any]) -> bool:
+    return Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL_PATH)
+
+
+def uses_demo_corpus(config: Mapping[str, Any]) -> bool:
+    return Path(config["data"]["source"]) == Path(DEMO_CORPUS_PATH)
+
+
+def describe(config: Mapping[str, Any]) -> str:
+    """Every design decision and metric formula that the configuration implies (the seed's
+    show_experiment_config), as plain text."""
+    model, data, capture, intervention = (
+        config["model"],
+        config["data"],
+        config["capture"],
+        config["intervention"],
+    )
+    text_tokens = data["context_length"] - (1 if data["prepend_bos"] else 0)
+    rope = capture["rope"]
+    heads = (
+        ", ".join(f"L{h['layer']}H{h['head']} ({h['role']})" for h in intervention["heads"])
+        or "none"
+    )
+    demo_note = (
+        " (the offline demo Llama, built by the workflow)" if uses_demo_model(config) else ""
+    )
+    corpus_note = " (the offline demo corpus)" if uses_demo_corpus(config) else ""
+    lines = [
+        f"Spectra configuration — run '{config['run_name']}' (outputs under results/"
+        f"{config['run_name']}/)",
+        "",
+        "Model",
+        f"  model                 {model['name_or_path']}{demo_note}",
+        f"  dtype                 {model['dtype']} (metrics always computed in float32)",
+        f"  trust_remote_code     {model['trust_remote_code']}",
+        f"  device                {config['device']}",
+        f"  seed                  {config['seed']}",
+        "",
+        "Data",
+        f"  source                {data['source']}{corpus_note}, split '{data['split']}'",
+        f"  kept sources          {', '.join(data['include_sources'])}",
+        "  tokenization          model tokenizer, no special tokens inside documents "
+        "(special-token strings in the text are split, never mapped to BOS/EOS)",
+        "  document joining      documents joined with EOS, in file order",
+        f"  chunking              non-overlapping {data['context_length']}-token chunks = "
+        + (
+            f"1 BOS + {text_tokens} text tokens"
+            if data["prepend_bos"]
+            else f"{text_tokens} text tokens, no BOS"
+        )
+        + "; the remainder is dropped",
+        f"  shards                {data['sequences_per_shard']} sequences per shard_NNNN.npz "
+        f"(int32 input_ids), at most {data['max_sequences']} sequences",
+        f"  malformed records     {data['on_bad_record']} (corrupt .zst/parquet files always fail)",
+        "",
+        "Capture",
+        f"  samples               the first {capture['n_samples']} sequences of the shards, "
+        "in order",
+        "  attention             "
+        + (
+            "pre-RoPE: p = softmax(q·kᵀ/√d + causal mask), q and k taken after the projections "
+            "and before the rotary embedding"
+            if rope == "pre"
+            else "post-RoPE: the model's own attention (rotary embedding, its scaling and mask)"
+        ),
+        "  grouped-query         query head h reads KV head h // (heads / kv_heads)",
+        "  query_norm            ‖q‖₂ of the head's query vector"
+        + (" (pre-RoPE)" if rope == "pre" else " (post-RoPE)"),
+        "  entropy               H = −Σⱼ pⱼ·ln pⱼ over the causal row (nats); NaN for the first "
+        f"{capture['entropy_skip_tokens']} positions",
+        "  max_attn              maxⱼ pⱼ",
+        "  k_eff                 smallest k with the k largest pⱼ summing to ≥ "
+        f"{capture['k_eff_threshold']}",
+        "",
+        "Intervention",
+        f"  heads                 {heads}",
+        f"  scales                {', '.join(str(s) for s in intervention['scales'])} "
+        "(q of one head multiplied by s after the projection, before RoPE)",
+        f"  samples               the first {intervention['n_samples']} sequences",
+        "  expected              entropy decreasing (strongest), max_attn increasing, "
+        "k_eff decreasing (weakest)",
+        "  gain                  Gain = d mean(max_attn) / d ln(s), by OLS",
+    ]
+    return "\n".join(lines)

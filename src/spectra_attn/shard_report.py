@@ -1,0 +1,95 @@
+"""``spectra shards inspect``: what a shard holds (the seed's explore_npz), as plain text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from spectra_attn.shards import load_shard, read_manifest
+
+
+def find_shards(path: str | Path) -> list[Path]:
+    """A shard file, a directory of shards, or a manifest (its shards directory)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        manifest = read_manifest(path)
+        directory = path.parent / manifest.get("shards_dir", "shards")
+        return [directory / entry["file"] for entry in manifest["shards"]]
+    if path.is_dir():
+        found = sorted(path.glob("shard_*.npz")) or sorted(path.glob("*.npz"))
+        if not found:
+            raise FileNotFoundError(f"no .npz shards in {path}")
+        return found
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return [path]
+
+
+def manifest_for(shard_path: Path) -> dict | None:
+    """The manifest next to a shards directory, if there is one."""
+    candidate = shard_path.parent.parent / "manifest.json"
+    return read_manifest(candidate) if candidate.is_file() else None
+
+
+def describe_array(
+    name: str,
+    array: np.ndarray,
+    top: int = 20,
+    decode: Callable[[int], str] | None = None,
+    special: dict[str, int | None] | None = None,
+) -> str:
+    """Shape, dtype, statistics, unique values and the most frequent tokens of one array."""
+    flat = array.ravel()
+    values, counts = np.unique(flat, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    lines = [
+        f"{name}",
+        f"  shape            {tuple(array.shape)}  ({array.shape[0]} sequences × "
+        f"{array.shape[1] if array.ndim > 1 else 1} tokens)",
+        f"  dtype            {array.dtype}",
+        f"  min / max        {flat.min()} / {flat.max()}",
+        f"  mean / std       {flat.mean():.2f} / {flat.std():.2f}",
+        f"  unique values    {len(values)}",
+    ]
+    for label, token_id in (special or {}).items():
+        if token_id is not None:
+            positions = np.argwhere(array == token_id)
+            at_zero = int((positions[:, -1] == 0).sum()) if len(positions) else 0
+            lines.append(
+                f"  {label:<16} id {token_id}: {len(positions)} occurrences, "
+                f"{at_zero} at position 0"
+            )
+    lines.append(f"  most frequent tokens (top {len(order)}):")
+    for index in order:
+        token_id, count = int(values[index]), int(counts[index])
+        shown = repr(decode(token_id)) if decode else ""
+        lines.append(f"    {token_id:>8}  {count:>10}  {100 * count / flat.size:6.2f}%  {shown}")
+    return "\n".join(lines)
+
+
+def inspect_shards(path: str | Path, tokenizer: str | None = None, top: int = 20) -> str:
+    paths = find_shards(path)
+    manifest = manifest_for(paths[0])
+    tokenizer_name = tokenizer or (manifest or {}).get("tokenizer", {}).get("name_or_path")
+    decode = None
+    special: dict[str, int | None] = {}
+    if tokenizer_name:
+        from transformers import AutoTokenizer
+
+        loaded = AutoTokenizer.from_pretrained(tokenizer_name)
+        decode = lambda token_id: loaded.decode([token_id])  # noqa: E731
+        special = {
+            "BOS": loaded.bos_token_id,
+            "EOS": loaded.eos_token_id,
+            "PAD": loaded.pad_token_id,
+        }
+    reports = []
+    if manifest:
+        reports.append(
+            f"manifest: {manifest['sequences']} sequences in {len(manifest['shards'])} shards, "
+            f"split {manifest['split']!r} of {manifest['source']}, tokenizer {tokenizer_name}"
+        )
+    reports += [describe_array(str(p), load_shard(p), top, decode, special) for p in paths]
+    return "\n\n".join(reports)

@@ -1,0 +1,149 @@
+"""The configuration contract: schema, defaults, overlays and messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spectra_attn import config as spectra_config
+from spectra_attn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONTRACT_KEYS = {
+    "model.name_or_path",
+    "model.dtype",
+    "data.source",
+    "data.split",
+    "data.include_sources",
+    "data.context_length",
+    "data.sequences_per_shard",
+    "data.max_sequences",
+    "capture.n_samples",
+    "capture.rope",
+    "capture.k_eff_threshold",
+    "capture.entropy_skip_tokens",
+    "intervention.heads",
+    "intervention.scales",
+    "intervention.n_samples",
+    "device",
+    "seed",
+}
+
+
+def walk(schema, prefix=""):
+    for key, sub in schema.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        yield name, sub
+        if sub.get("type") == "object":
+            yield from walk(sub, f"{name}.")
+
+
+def test_every_key_has_a_description_and_a_default():
+    keys = dict(walk(spectra_config.load_schema()))
+    assert set(keys) >= CONTRACT_KEYS
+    for name, sub in keys.items():
+        assert sub.get("description"), name
+        assert "default" in sub, name
+
+
+def test_contract_defaults():
+    config = spectra_config.validate({})
+    assert config["data"]["split"] == "test"
+    assert config["data"]["include_sources"] == [
+        "RedPajamaCommonCrawl",
+        "RedPajamaC4",
+        "RedPajamaWikipedia",
+        "RedPajamaStackExchange",
+    ]
+    assert (config["data"]["context_length"], config["data"]["sequences_per_shard"]) == (512, 3000)
+    assert config["data"]["max_sequences"] == 12000
+    assert config["capture"] == {
+        "n_samples": 64,
+        "rope": "pre",
+        "k_eff_threshold": 0.9,
+        "entropy_skip_tokens": 2,
+    }
+    assert config["intervention"]["heads"] == [
+        {"layer": 12, "head": 0, "role": "target"},
+        {"layer": 12, "head": 15, "role": "control"},
+    ]
+    assert config["intervention"]["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5]
+    assert (config["device"], config["seed"]) == ("auto", 0)
+    assert spectra_config.uses_demo_model(config) and spectra_config.uses_demo_corpus(config)
+
+
+def test_repository_config_is_valid_and_is_the_demo():
+    config = spectra_config.load([ROOT / "config.yaml"])
+    assert spectra_config.uses_demo_model(config)
+    # config.yaml spells out every key, so users see the whole contract in one file.
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    schema = spectra_config.load_schema()
+    assert set(leaf_keys(raw)) == {
+        name for name, sub in walk(schema) if sub.get("type") != "object"
+    }
+
+
+def leaf_keys(mapping, prefix=""):
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ({"data": {"bogus": 1}}, "unknown configuration key(s) 'bogus' under 'data'"),
+        ({"bogus": 1}, "'bogus' at the top level"),
+        ({"capture": {"rope": "mid"}}, "'capture.rope': 'mid' is not one of"),
+        ({"data": {"include_sources": ["RedPajamaFoo"]}}, "'data.include_sources[0]'"),
+        ({"model": {"dtype": "int8"}}, "'model.dtype'"),
+        (
+            {"intervention": {"heads": [{"layer": -1, "head": 0, "role": "target"}]}},
+            "'intervention.heads[0].layer'",
+        ),
+        (
+            {"intervention": {"heads": [{"layer": 1, "head": 0, "role": "boss"}]}},
+            "'intervention.heads[0].role'",
+        ),
+        ({"device": "tpu"}, "'device'"),
+    ],
+)
+def test_bad_values_name_the_key(overlay, message):
+    with pytest.raises(spectra_config.ConfigError) as error:
+        spectra_config.validate(overlay)
+    assert message in str(error.value)
+
+
+def test_overlay_merges_mappings_and_replaces_lists(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump({"data": {"split": "validation", "include_sources": ["RedPajamaC4"]}})
+    )
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"data": {"include_sources": ["RedPajamaWikipedia"]}}))
+    config = spectra_config.load([base, mine])
+    assert config["data"]["split"] == "validation"
+    assert config["data"]["include_sources"] == ["RedPajamaWikipedia"]
+
+
+def test_config_show_prints_decisions_and_formulas(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text(
+        yaml.safe_dump({"capture": {"rope": "post", "k_eff_threshold": 0.8}})
+    )
+    assert main(["config", "show", "--configfile", "mine.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "H = −Σⱼ pⱼ·ln pⱼ" in out and "≥ 0.8" in out and "post-RoPE" in out
+    assert "1 BOS + 511 text tokens" in out
+
+
+def test_config_show_rejects_a_bad_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("capture:\n  n_sample: 3\n")
+    assert main(["config", "show", "--configfile", "mine.yaml"]) == 2
+    assert "'n_sample' under 'capture'" in capsys.readouterr().err

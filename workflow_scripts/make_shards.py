@@ -1,0 +1,35 @@
+"""Snakemake adapter: raw SlimPajama documents → validated 512-token shards and their manifest."""
+
+import os
+
+from spectra_attn.shards import preprocess
+
+
+def main(snakemake) -> None:
+    # The Rust tokenizer sizes its thread pool from this; respect the rule's threads.
+    os.environ.setdefault("RAYON_NUM_THREADS", str(snakemake.threads))
+    data = snakemake.params.data
+    preprocess(
+        snakemake.params.source,
+        snakemake.params.split,
+        snakemake.params.tokenizer,
+        snakemake.output.shards,
+        snakemake.output.manifest,
+        include_sources=data["include_sources"],
+        context_length=data["context_length"],
+        sequences_per_shard=data["sequences_per_shard"],
+        max_sequences=data["max_sequences"],
+        prepend_bos=data["prepend_bos"],
+        batch_size=data["tokenize_batch_size"],
+        on_bad_record=data["on_bad_record"],
+        revision=snakemake.params.revision,
+        trust_remote_code=snakemake.params.trust_remote_code,
+        config_used={"data": data, "tokenizer": snakemake.params.tokenizer},
+    )
+
+
+if __name__ == "__main__":
+    from spectra_attn.workflow import setup_logging
+
+    setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
+    main(snakemake)  # noqa: F821
