@@ -1,14 +1,9 @@
-# Helpers for the rule files: config validation, output paths, input functions. No logic lives
-# here beyond choosing paths; the work is in the spectra_attn package.
-import os
+# Helpers shared by rules/*.smk (config validation, output paths, input functions). No logic lives
+# here beyond choosing paths; the work is in the spectra_attn package (installed by `make setup`,
+# or by envs/*.post-deploy.sh inside a conda env).
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-
-# Rule jobs import spectra_attn from this checkout even inside a conda env or on a cluster node.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")) if p
-)
 
 from spectra_attn import config as spectra_config
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
@@ -28,8 +23,8 @@ HUB_DATASET_DIR = str(hub_cache_dir(config["data"]["source"], config["data"]["sp
 
 
 def package_code(*modules):
-    """Package modules a rule runs, as inputs: editing them reruns the rule (Snakemake tracks
-    only the script itself)."""
+    """Package modules that a job runs, declared as its inputs so that editing them reruns it
+    (Snakemake tracks only the script itself)."""
     return [str(PACKAGE / f"{module}.py") for module in ("__init__", *modules)]
 
 
@@ -49,11 +44,15 @@ def corpus_inputs():
     return []
 
 
-def corpus_dir():
-    """The local directory the data stage reads (the download folder for a hub id)."""
-    if is_hub_id(config["data"]["source"]):
-        return HUB_DATASET_DIR
-    return config["data"]["source"]
+def corpus_dir(wildcards, input):
+    """The local directory the data stage reads: its corpus input (demo corpus or hub download)
+    when it has one, else data.source itself."""
+    return input.corpus or config["data"]["source"]
+
+
+def model_path(wildcards, input):
+    """The model folder or hub id: the built demo model when it is an input, else the config's."""
+    return input.model or config["model"]["name_or_path"]
 
 
 def final_outputs():

@@ -34,9 +34,9 @@ rule make_shards:
         "../envs/data.yaml"
     threads: 2
     params:
-        source=corpus_dir(),
+        source=corpus_dir,
         split=config["data"]["split"],
-        tokenizer=config["model"]["name_or_path"],
+        tokenizer=model_path,
         revision=config["model"]["revision"],
         trust_remote_code=config["model"]["trust_remote_code"],
         data=config["data"],
