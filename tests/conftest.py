@@ -99,8 +99,9 @@ def jsonl_file_order(root: Path, split: str = "test") -> list[dict]:
 def tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer with Llama-3's special tokens (BOS added by default) and a
     LlamaConfig whose max_position_embeddings is 256, saved like a model folder."""
-    from spectra_attn.demo_model import train_tokenizer
     from transformers import LlamaConfig
+
+    from spectra_attn.demo_model import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     texts = [r["text"] for r in make_documents(n_per_source=3)] * 2
