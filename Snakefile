@@ -1,5 +1,5 @@
 # Spectra: attention measurements of decoder LLMs and a causal test of query magnitude.
-# Stages: demo (offline model + corpus) → data (SlimPajama → 512-token shards) → …
+# Stages: demo (offline model + corpus) → data (SlimPajama → 512-token shards) → capture → …
 # Run: snakemake --cores 1 --resources gpu=1   (see README.md)
 from snakemake.utils import min_version
 
@@ -12,6 +12,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"
+include: "rules/capture.smk"
 
 
 rule all:

@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from spectra_attn import config as spectra_config
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
+from spectra_attn.samples import sample_ranges
 
 # The package's validator (same schema as `spectra config show`) fills defaults and names every
 # unknown or invalid key at once, before any job is scheduled.
@@ -55,5 +56,30 @@ def model_path(wildcards, input):
     return input.model or config["model"]["name_or_path"]
 
 
+CAPTURE_RANGES = sample_ranges(
+    config["capture"]["n_samples"], config["capture"]["samples_per_job"]
+)
+
+
+def capture_parts():
+    """One Parquet part per range of capture.samples_per_job samples."""
+    return [
+        f"{RUN}/capture/part_{index:04d}.parquet"
+        for index in range(len(CAPTURE_RANGES))
+    ]
+
+
+def capture_sample_range(wildcards):
+    """[start, stop) of the samples of one capture part."""
+    return list(CAPTURE_RANGES[int(wildcards.part)])
+
+
 def final_outputs():
-    return [rules.make_shards.output.manifest]
+    outputs = [
+        rules.make_shards.output.manifest,
+        rules.capture_samples.output.samples,
+        *capture_parts(),
+    ]
+    if config["capture"]["export_csv"]:
+        outputs.append(rules.export_capture_csv.output.csv)
+    return outputs

@@ -25,6 +25,52 @@ def _shards_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find_manifest(shards: Path) -> Path:
+    """A manifest path, or the manifest.json beside (or inside) a shards directory."""
+    for candidate in (shards, shards.parent / "manifest.json", shards / "manifest.json"):
+        if candidate.is_file() and candidate.suffix == ".json":
+            return candidate
+    raise FileNotFoundError(f"no manifest.json for shards {shards} (looked beside and inside it)")
+
+
+def _capture(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from spectra_attn.capture import CaptureSettings, export_seed_csv, run_capture
+    from spectra_attn.io import write_parquet
+    from spectra_attn.samples import sample_table
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    manifest = _find_manifest(Path(args.shards))
+    out = Path(args.out)
+    table = sample_table(manifest, args.n_samples)
+    part = out / "part_0000.parquet"
+    run_capture(
+        args.model,
+        str(manifest),
+        str(part),
+        sample_start=0,
+        sample_stop=args.n_samples,
+        settings=CaptureSettings(
+            rope=args.rope,
+            k_eff_threshold=args.k_eff_threshold,
+            entropy_skip_tokens=args.entropy_skip_tokens,
+            query_block_size=args.query_block_size,
+        ),
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+    write_parquet(table, out / "samples.parquet")
+    if args.csv:
+        export_seed_csv(
+            [str(part)], str(out / f"attention_metrics_{time.strftime('%Y%m%d_%H%M%S')}.csv")
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectra", description=__doc__)
     parser.add_argument("--version", action="version", version=f"spectra {__version__}")
@@ -54,6 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--top", type=int, default=20, help="how many frequent tokens to list")
     inspect.set_defaults(handler=_shards_inspect)
+
+    capture = groups.add_parser(
+        "capture", help="per-token attention metrics of the first N samples, to Parquet"
+    )
+    capture.add_argument("--model", required=True, help="hub id or local model folder")
+    capture.add_argument(
+        "--shards", required=True, help="shards directory (manifest.json beside it) or manifest"
+    )
+    capture.add_argument("--n-samples", type=int, required=True)
+    capture.add_argument("--out", required=True, help="output folder")
+    capture.add_argument("--rope", choices=["pre", "post"], default="pre")
+    capture.add_argument("--batch-size", type=int, default=8)
+    capture.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    capture.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    capture.add_argument("--k-eff-threshold", type=float, default=0.9)
+    capture.add_argument("--entropy-skip-tokens", type=int, default=2)
+    capture.add_argument("--query-block-size", type=int, default=256)
+    capture.add_argument("--trust-remote-code", action="store_true")
+    capture.add_argument(
+        "--csv", action="store_true", help="also write the seed's attention_metrics_<time>.csv"
+    )
+    capture.set_defaults(handler=_capture)
     return parser
 
 

@@ -65,3 +65,9 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while block := handle.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_parquet(frame, path: str | Path) -> None:
+    """Write a pandas DataFrame as a zstd Parquet file, atomically, without the pandas index."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, compression="zstd", index=False)

@@ -443,14 +443,19 @@ def read_manifest(manifest_path: str | Path) -> dict[str, Any]:
     return json.loads(Path(manifest_path).read_text())
 
 
-def validate_shards(manifest_path: str | Path, check_checksums: bool = True) -> list[Path]:
-    """Validate every shard a manifest lists (checksum and content); return their paths in order."""
+def load_validated_shards(
+    manifest_path: str | Path, only: set[str] | None = None, check_checksums: bool = True
+) -> dict[Path, np.ndarray]:
+    """Load the shards a manifest lists (or those named in ``only``), each checked against its
+    checksum and the shard contract before it is returned, in manifest order."""
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
     spec = ShardSpec(**manifest["shard_spec"])
     shard_dir = manifest_path.parent / manifest.get("shards_dir", "shards")
-    paths = []
+    loaded = {}
     for entry in manifest["shards"]:
+        if only is not None and entry["file"] not in only:
+            continue
         path = shard_dir / entry["file"]
         if not path.is_file():
             raise ShardError(f"{path}: listed in {manifest_path} but missing")
@@ -460,5 +465,10 @@ def validate_shards(manifest_path: str | Path, check_checksums: bool = True) -> 
         validate_array(array, spec, str(path))
         if array.shape[0] != entry["rows"]:
             raise ShardError(f"{path}: {array.shape[0]} rows, manifest says {entry['rows']}")
-        paths.append(path)
-    return paths
+        loaded[path] = array
+    return loaded
+
+
+def validate_shards(manifest_path: str | Path, check_checksums: bool = True) -> list[Path]:
+    """Validate every shard a manifest lists; return their paths in order."""
+    return list(load_validated_shards(manifest_path, check_checksums=check_checksums))

@@ -1,0 +1,65 @@
+# Stage 2: per-token attention metrics of every layer and head, one Parquet part per range of
+# samples (a cluster runs the parts on many GPUs at once), and the samples table beside them.
+
+
+rule capture_samples:
+    input:
+        manifest=rules.make_shards.output.manifest,
+        code=package_code("samples", "shards", "io"),
+    output:
+        samples=f"{RUN}/capture/samples.parquet",
+    log:
+        f"{LOGS}/capture_samples.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        n_samples=config["capture"]["n_samples"],
+    script:
+        "../workflow_scripts/capture_samples.py"
+
+
+rule capture:
+    input:
+        manifest=rules.make_shards.output.manifest,
+        model=model_inputs(),
+        code=package_code("capture", "metrics", "samples", "shards", "io"),
+    output:
+        part=f"{RUN}/capture/part_{{part}}.parquet",
+    log:
+        f"{LOGS}/capture/part_{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/capture/part_{{part}}.tsv"
+    wildcard_constraints:
+        part=r"\d{4}",
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        model=model_path,
+        dtype=config["model"]["dtype"],
+        revision=config["model"]["revision"],
+        trust_remote_code=config["model"]["trust_remote_code"],
+        device=config["device"],
+        sample_range=capture_sample_range,
+        rope=config["capture"]["rope"],
+        k_eff_threshold=config["capture"]["k_eff_threshold"],
+        entropy_skip_tokens=config["capture"]["entropy_skip_tokens"],
+        query_block_size=config["capture"]["query_block_size"],
+        batch_size=config["capture"]["batch_size"],
+    script:
+        "../workflow_scripts/capture.py"
+
+
+rule export_capture_csv:
+    input:
+        parts=capture_parts(),
+    output:
+        csv=f"{RUN}/capture/attention_metrics.csv",
+    log:
+        f"{LOGS}/export_capture_csv.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/export_capture_csv.py"

@@ -1,0 +1,449 @@
+"""Capture: one forward pass per batch records, for every layer, head and token, the query norm and
+the attention metrics of :mod:`spectra_attn.metrics`.
+
+How the values are taken (TransformerLens would call them ``hook_q``/``hook_k`` and
+``hook_rot_q``/``hook_rot_k``):
+
+* ``rope="post"``: a registered attention function (transformers' ``AttentionInterface``) receives
+  each layer's post-RoPE query, the un-repeated keys and ``module.scaling``; it computes the layer's
+  real output with the SDPA implementation and the metrics from softmax(scaling·q kᵀ + causal mask),
+  the attention the model computes itself.
+* ``rope="pre"``: forward hooks on the query and key projections (after ``q_norm``/``k_norm`` in
+  models that have them) keep the pre-RoPE vectors; the attention function of the same layer then
+  computes the metrics from softmax(q kᵀ/√d + causal mask); a model with a sliding window
+  (Mistral) keeps its window in the mask, since those are the keys the head can see.
+
+With grouped-query attention, query head h reads KV head h // (heads / kv_heads). Metrics are
+computed in float32 by blocks of queries whatever the model's dtype, so memory never holds the
+[heads, T, T] matrices of all layers, nor of one layer at long context.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectra_attn.metrics import blocked_metrics
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATION = "spectra_capture"
+# Model types whose attention module follows the Llama layout (q_proj/k_proj, optional q_norm/k_norm
+# on the projections, layer_idx, scaling) and is tested against the model's eager attention.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+_ACTIVE_RECORDER: contextvars.ContextVar[AttentionRecorder | None] = contextvars.ContextVar(
+    "spectra_active_recorder", default=None
+)
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture is not one whose attention Spectra knows how to read."""
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    rope: str = "pre"
+    k_eff_threshold: float = 0.9
+    entropy_skip_tokens: int = 2
+    query_block_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.rope not in ("pre", "post"):
+            raise ValueError(f"capture.rope must be 'pre' or 'post', not {self.rope!r}")
+
+
+def check_model_type(model_config: Any) -> None:
+    model_type = getattr(model_config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        architectures = getattr(model_config, "architectures", None) or [model_type]
+        raise UnsupportedModelError(
+            f"unsupported model architecture {', '.join(map(str, architectures))} "
+            f"(model_type {model_type!r}); Spectra reads attention of: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when present, else the CPU with a warning in the log."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but CUDA is not available on this machine")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        logger.warning("no CUDA device found: running on the CPU, which is much slower")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    def spectra_attention(module, query, key, value, attention_mask, **kwargs):
+        recorder = _ACTIVE_RECORDER.get()
+        if recorder is not None:
+            recorder.observe(
+                module, query, key, kwargs.get("scaling"), kwargs.get("sliding_window")
+            )
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, spectra_attention)
+    # Same name for the mask, so the model builds SDPA's causal (and sliding-window) mask.
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention module of every decoder layer, in layer order."""
+    modules = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+    if not modules:
+        raise UnsupportedModelError(f"{type(model).__name__}: no attention modules with q_proj")
+    return sorted(modules, key=lambda m: m.layer_idx)
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str = "float32",
+    device: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> torch.nn.Module:
+    """Load a causal LM for capture, after checking its architecture from its config alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    check_model_type(model_config)
+    _register_attention()
+    target = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        dtype=DTYPES[dtype],
+        attn_implementation=ATTN_IMPLEMENTATION,
+    )
+    return model.to(target).eval()
+
+
+def use_capture_attention(model: torch.nn.Module) -> None:
+    """Switch an already loaded model to the capture attention function."""
+    check_model_type(model.config)
+    _register_attention()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+
+
+class AttentionRecorder:
+    """Collects per-layer metrics during forward passes while it is active (``with recorder:``)."""
+
+    def __init__(self, model: torch.nn.Module, settings: CaptureSettings):
+        self.model = model
+        self.settings = settings
+        self.modules = attention_modules(model)
+        self.num_heads = model.config.num_attention_heads
+        self.head_dim = getattr(model.config, "head_dim", None) or (
+            model.config.hidden_size // self.num_heads
+        )
+        self.layers: dict[int, dict[str, torch.Tensor]] = {}
+        self._pre_rope: dict[tuple[int, str], torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._token: contextvars.Token | None = None
+
+    # -- pre-RoPE hooks ----------------------------------------------------------------------
+    def _hook(self, layer: int, kind: str):
+        def keep(module, inputs, output):
+            batch, length = output.shape[0], output.shape[1]
+            self._pre_rope[(layer, kind)] = output.reshape(batch, length, -1, self.head_dim)
+
+        return keep
+
+    def __enter__(self) -> AttentionRecorder:
+        if self.settings.rope == "pre":
+            for module in self.modules:
+                for kind in ("q", "k"):
+                    source = getattr(module, f"{kind}_norm", None) or getattr(
+                        module, f"{kind}_proj"
+                    )
+                    self._handles.append(
+                        source.register_forward_hook(self._hook(module.layer_idx, kind))
+                    )
+        self._token = _ACTIVE_RECORDER.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pre_rope.clear()
+        if self._token is not None:
+            _ACTIVE_RECORDER.reset(self._token)
+            self._token = None
+
+    # -- called by the attention function ---------------------------------------------------------
+    def observe(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        scaling: float | None,
+        sliding_window: int | None,
+    ) -> None:
+        layer = module.layer_idx
+        if self.settings.rope == "pre":
+            # [B, T, heads, d] → [B, heads, T, d]
+            query = self._pre_rope.pop((layer, "q")).transpose(1, 2)
+            key = self._pre_rope.pop((layer, "k")).transpose(1, 2)
+            scaling = 1.0 / math.sqrt(self.head_dim)
+        elif scaling is None:
+            scaling = 1.0 / math.sqrt(self.head_dim)
+        self.layers[layer] = head_metrics(
+            query, key, scaling, self.settings, sliding_window=sliding_window
+        )
+
+
+def head_metrics(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    settings: CaptureSettings,
+    sliding_window: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Metrics of every (sample, head, token) of one layer.
+
+    ``query``: ``[B, heads, T, d]``; ``key``: ``[B, kv_heads, T, d]`` (un-repeated). Returns
+    ``[B, heads, T]`` tensors on the CPU.
+    """
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    # Query head h = g_kv * groups + i reads KV head g_kv = h // groups: broadcast, don't copy.
+    grouped_query = query.reshape(batch, kv_heads, groups, length, dim)
+    grouped_key = key.unsqueeze(2)
+    metrics = blocked_metrics(
+        grouped_query,
+        grouped_key,
+        scaling,
+        settings.k_eff_threshold,
+        settings.query_block_size,
+        sliding_window,
+    )
+    out = {
+        "query_norm": torch.linalg.vector_norm(query.float(), dim=-1),
+        "entropy": metrics.entropy.reshape(batch, heads, length),
+        "max_attn": metrics.max_attn.reshape(batch, heads, length),
+        "k_eff": metrics.k_eff.reshape(batch, heads, length),
+        "gain_max_attn": metrics.gain_max_attn.reshape(batch, heads, length),
+        "gain_entropy": metrics.gain_entropy.reshape(batch, heads, length),
+    }
+    out["entropy"][..., : settings.entropy_skip_tokens] = float("nan")
+    return {name: value.cpu() for name, value in out.items()}
+
+
+COLUMNS = (
+    "sample_id",
+    "layer",
+    "head",
+    "token_pos",
+    "query_norm",
+    "entropy",
+    "max_attn",
+    "k_eff",
+    "gain_max_attn",
+    "gain_entropy",
+)
+VALUE_DTYPES = {
+    "query_norm": np.float32,
+    "entropy": np.float32,
+    "max_attn": np.float32,
+    "k_eff": np.int32,
+    "gain_max_attn": np.float32,
+    "gain_entropy": np.float32,
+}
+
+
+def to_columns(
+    layers: dict[int, dict[str, torch.Tensor]], sample_ids: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Long-format columns ordered by (sample_id, layer, head, token_pos)."""
+    order = sorted(layers)
+    first = layers[order[0]]["entropy"]
+    batch, heads, length = first.shape
+    n_layers = len(order)
+    shape = (batch, n_layers, heads, length)
+    columns = {
+        "sample_id": np.broadcast_to(
+            np.asarray(sample_ids, dtype=np.int32)[:, None, None, None], shape
+        ).ravel(),
+        "layer": np.broadcast_to(np.asarray(order, dtype=np.int16)[None, :, None, None], shape)
+        .ravel()
+        .copy(),
+        "head": np.broadcast_to(np.arange(heads, dtype=np.int16)[None, None, :, None], shape)
+        .ravel()
+        .copy(),
+        "token_pos": np.broadcast_to(np.arange(length, dtype=np.int32), shape).ravel().copy(),
+    }
+    for name, dtype in VALUE_DTYPES.items():
+        stacked = torch.stack([layers[layer][name] for layer in order], dim=1)  # [B, L, H, T]
+        columns[name] = stacked.numpy().astype(dtype, copy=False).ravel()
+    return columns
+
+
+@torch.inference_mode()
+def capture_batch(
+    model: torch.nn.Module, input_ids: torch.Tensor, settings: CaptureSettings
+) -> dict[int, dict[str, torch.Tensor]]:
+    """One forward pass of ``input_ids`` ``[B, T]``; returns per-layer ``[B, heads, T]`` metrics."""
+    with AttentionRecorder(model, settings) as recorder:
+        model(input_ids=input_ids.to(model.device), use_cache=False, logits_to_keep=1)
+        layers = recorder.layers
+    expected = len(recorder.modules)
+    if len(layers) != expected:
+        raise RuntimeError(
+            f"captured {len(layers)} of {expected} layers: the model did not call the capture "
+            "attention function (is its attn_implementation overridden?)"
+        )
+    return layers
+
+
+def parquet_schema(metadata: dict[str, str] | None = None):
+    import pyarrow as pa
+
+    fields = [
+        ("sample_id", pa.int32()),
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("token_pos", pa.int32()),
+        *((name, pa.from_numpy_dtype(dtype)) for name, dtype in VALUE_DTYPES.items()),
+    ]
+    return pa.schema(fields, metadata=metadata)
+
+
+def check_model_fits(model_config: Any, context_length: int, max_token_id: int) -> None:
+    """Fail before the weights load if the shards do not fit the model."""
+    check_model_type(model_config)
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is not None and context_length > limit:
+        raise ValueError(
+            f"sequences of {context_length} tokens exceed the model's maximum context "
+            f"(max_position_embeddings={limit})"
+        )
+    if max_token_id >= model_config.vocab_size:
+        raise ValueError(
+            f"token id {max_token_id} is outside the model's vocabulary of "
+            f"{model_config.vocab_size}: were the shards made with another tokenizer?"
+        )
+
+
+class _LogStream:
+    """A file-like object that sends tqdm's progress lines to the log."""
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            logger.info(text.strip())
+
+    def flush(self) -> None:
+        pass
+
+
+def run_capture(
+    model_name_or_path: str,
+    manifest_path: str,
+    out_path: str,
+    *,
+    sample_start: int,
+    sample_stop: int,
+    settings: CaptureSettings,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> int:
+    """Capture samples ``[sample_start, sample_stop)`` into one Parquet file (zstd), written
+    atomically. Returns the number of rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+    from transformers import AutoConfig
+
+    from spectra_attn import __version__
+    from spectra_attn.io import atomic_path
+    from spectra_attn.samples import load_samples, sample_table
+
+    table = sample_table(manifest_path, sample_stop).iloc[sample_start:sample_stop]
+    tokens = load_samples(manifest_path, table)
+    model_config = AutoConfig.from_pretrained(
+        model_name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    check_model_fits(model_config, tokens.shape[1], int(tokens.max()))
+    model = load_model(model_name_or_path, dtype, device, revision, trust_remote_code)
+    logger.info(
+        "capturing samples %d-%d (%d × %d tokens) with %s on %s, %s, rope=%s",
+        sample_start,
+        sample_stop - 1,
+        len(tokens),
+        tokens.shape[1],
+        model_name_or_path,
+        model.device,
+        dtype,
+        settings.rope,
+    )
+    metadata = {
+        "spectra_version": __version__,
+        "model": str(model_name_or_path),
+        "dtype": dtype,
+        "rope": settings.rope,
+        "k_eff_threshold": str(settings.k_eff_threshold),
+        "entropy_skip_tokens": str(settings.entropy_skip_tokens),
+    }
+    schema = parquet_schema(metadata)
+    sample_ids = table["sample_id"].to_numpy()
+    rows = 0
+    with (
+        atomic_path(out_path) as tmp,
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+    ):
+        progress = tqdm(
+            total=len(tokens), unit="sample", file=_LogStream(), mininterval=10, ascii=True
+        )
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+            layers = capture_batch(model, batch, settings)
+            columns = to_columns(layers, sample_ids[start : start + batch_size])
+            writer.write_table(pa.table(columns, schema=schema))
+            rows += len(columns["sample_id"])
+            progress.update(len(batch))
+        progress.close()
+    logger.info("wrote %d rows to %s", rows, out_path)
+    return rows
+
+
+SEED_CSV_COLUMNS = COLUMNS[:8]  # the seed's columns, in its order
+
+
+def export_seed_csv(parts: list[str], out_path: str) -> None:
+    """Concatenate capture parts into the seed's CSV format, atomically, part by part."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from spectra_attn.io import atomic_path
+
+    with atomic_path(out_path) as tmp:
+        writer = None
+        for part in parts:
+            table = pq.read_table(part, columns=list(SEED_CSV_COLUMNS))
+            if writer is None:
+                writer = pacsv.CSVWriter(tmp, table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+    logger.info("wrote %s from %d parts", out_path, len(parts))

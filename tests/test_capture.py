@@ -1,0 +1,308 @@
+"""Capture against independent references: the model's own eager attention (post-RoPE) and a
+float64 recomputation from the layer inputs (pre-RoPE), for each supported architecture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers
+
+from spectra_attn.capture import (
+    COLUMNS,
+    CaptureSettings,
+    UnsupportedModelError,
+    capture_batch,
+    load_model,
+    run_capture,
+    to_columns,
+    use_capture_attention,
+)
+
+TINY = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+ARCHITECTURES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 9}),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 8}),
+    "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, {}),
+}
+
+
+def tiny_model(kind: str, attn_implementation: str = "sdpa", seed: int = 0):
+    config_class, model_class, extra = ARCHITECTURES[kind]
+    torch.manual_seed(seed)
+    config = config_class(**TINY, **extra, attn_implementation=attn_implementation)
+    model = model_class(config).eval()
+    with torch.no_grad():  # larger weights than the init, so heads are far from uniform
+        for name, parameter in model.named_parameters():
+            if "proj" in name and parameter.dim() == 2:
+                parameter.mul_(6.0)
+            if "bias" in name:
+                parameter.normal_(0.0, 0.5)
+    return model
+
+
+def input_ids(batch=3, length=24, seed=1):
+    return torch.randint(
+        0, TINY["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def reference_metrics(p: np.ndarray, threshold=0.9, skip=2) -> dict[str, np.ndarray]:
+    """Entropy, max and k_eff of probability rows ``[..., T, T]`` in float64 numpy."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
+    entropy[..., :skip] = np.nan
+    cumulative = np.cumsum(-np.sort(-p, axis=-1), axis=-1)
+    k_eff = (cumulative < threshold - 1e-6).sum(-1) + 1
+    return {"entropy": entropy, "max_attn": p.max(-1), "k_eff": k_eff}
+
+
+def assert_matches(layers, reference_probabilities, query_norms=None):
+    for layer, p in enumerate(reference_probabilities):
+        expected = reference_metrics(p)
+        got = layers[layer]
+        np.testing.assert_allclose(got["entropy"], expected["entropy"], atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(got["max_attn"], expected["max_attn"], atol=2e-6, rtol=1e-5)
+        mismatched = (got["k_eff"].numpy() != expected["k_eff"]).mean()
+        assert mismatched <= 0.002, f"layer {layer}: k_eff differs in {mismatched:.2%} of rows"
+        if query_norms is not None:
+            np.testing.assert_allclose(got["query_norm"], query_norms[layer], rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
+def test_post_rope_equals_the_models_eager_attention(kind):
+    ids = input_ids()
+    eager = tiny_model(kind, "eager")
+    with torch.no_grad():
+        attentions = eager(ids, output_attentions=True).attentions
+    model = tiny_model(kind, "sdpa")
+    use_capture_attention(model)
+    layers = capture_batch(model, ids, CaptureSettings(rope="post"))
+    assert_matches(layers, [a.detach().double().numpy() for a in attentions])
+
+
+@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
+def test_pre_rope_equals_a_float64_recomputation(kind):
+    ids = input_ids()
+    model = tiny_model(kind)
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    layer_inputs = {}
+
+    def keep_input(module, args, kwargs):
+        layer_inputs[module.layer_idx] = kwargs["hidden_states"].detach().double().numpy()
+
+    handles = [
+        layer.self_attn.register_forward_pre_hook(keep_input, with_kwargs=True)
+        for layer in model.model.layers
+    ]
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+
+    def rms_norm(x, weight, eps):
+        return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * weight
+
+    probabilities, norms = [], []
+    for index, layer in enumerate(model.model.layers):
+        attention = layer.self_attn
+        hidden = layer_inputs[index]  # [B, T, hidden]
+        batch, length, _ = hidden.shape
+        projections = {}
+        for kind_, n in (("q", heads), ("k", kv_heads)):
+            projection = getattr(attention, f"{kind_}_proj")
+            x = hidden @ projection.weight.detach().double().numpy().T
+            if projection.bias is not None:
+                x = x + projection.bias.detach().double().numpy()
+            norm = getattr(attention, f"{kind_}_norm", None)
+            if norm is not None and norm.weight.numel() == n * head_dim:  # OLMo-2: across heads
+                x = rms_norm(x, norm.weight.detach().double().numpy(), norm.variance_epsilon)
+            x = x.reshape(batch, length, n, head_dim)
+            if norm is not None and norm.weight.numel() == head_dim:  # Qwen3: per head
+                x = rms_norm(x, norm.weight.detach().double().numpy(), norm.variance_epsilon)
+            projections[kind_] = x.transpose(0, 2, 1, 3)  # [B, n, T, d]
+        q = projections["q"]
+        k = np.repeat(projections["k"], heads // kv_heads, axis=1)  # head h reads KV h // groups
+        logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head_dim)
+        position = np.arange(length)
+        masked = position[None, :] > position[:, None]  # causal
+        window = getattr(config, "sliding_window", None)
+        if window is not None:  # Mistral: the model's mask also hides keys beyond its window
+            masked |= position[None, :] <= position[:, None] - window
+        logits[..., masked] = -np.inf
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        probabilities.append(p / p.sum(-1, keepdims=True))
+        norms.append(np.linalg.norm(q, axis=-1))
+
+    use_capture_attention(model)
+    layers = capture_batch(model, ids, CaptureSettings(rope="pre"))
+    assert_matches(layers, probabilities, norms)
+
+
+def test_capture_leaves_the_model_output_unchanged():
+    ids = input_ids()
+    model = tiny_model("llama")
+    with torch.no_grad():
+        plain = model(ids).logits
+    use_capture_attention(model)
+    capture_batch(model, ids, CaptureSettings(rope="pre"))
+    with torch.no_grad():
+        captured = model(ids).logits
+    torch.testing.assert_close(captured, plain)
+
+
+def test_grouped_query_heads_read_their_own_kv_head():
+    """Breaking the h // groups mapping (here: reading KV heads in the wrong order) is caught."""
+    ids = input_ids()
+    model = tiny_model("llama")
+    use_capture_attention(model)
+    good = capture_batch(model, ids, CaptureSettings(rope="pre"))
+    with torch.no_grad():  # swap the two KV heads' key projections
+        weight = model.model.layers[0].self_attn.k_proj.weight
+        weight.copy_(torch.cat([weight[8:], weight[:8]]))
+    swapped = capture_batch(model, ids, CaptureSettings(rope="pre"))
+    assert not torch.allclose(good[0]["entropy"][..., 2:], swapped[0]["entropy"][..., 2:])
+
+
+def test_half_precision_models_give_float32_metrics_close_to_float32():
+    ids = input_ids()
+    settings = CaptureSettings(rope="pre")
+    model = tiny_model("llama")
+    use_capture_attention(model)
+    full = capture_batch(model, ids, settings)
+    half = capture_batch(model.to(torch.bfloat16), ids, settings)
+    assert half[0]["entropy"].dtype == torch.float32
+    np.testing.assert_allclose(half[1]["max_attn"], full[1]["max_attn"], atol=0.05)
+
+
+def test_columns_are_long_format_in_seed_order():
+    ids = input_ids(batch=2, length=5)
+    model = tiny_model("llama")
+    use_capture_attention(model)
+    layers = capture_batch(model, ids, CaptureSettings())
+    columns = to_columns(layers, np.array([10, 11]))
+    frame = pd.DataFrame(columns)
+    assert list(frame.columns) == list(COLUMNS)
+    assert len(frame) == 2 * 2 * 4 * 5
+    row = frame[
+        (frame.sample_id == 11) & (frame.layer == 1) & (frame["head"] == 3) & (frame.token_pos == 4)
+    ]
+    assert row.max_attn.item() == pytest.approx(layers[1]["max_attn"][1, 3, 4].item())
+
+
+# ---- the job: files, samples table, checks before the model loads ------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    tiny_model("llama").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """Two shards of random ids in the shard format, with a manifest."""
+    from spectra_attn.io import sha256_file, write_json, write_npz
+
+    out = tmp_path_factory.mktemp("data")
+    (out / "shards").mkdir()
+    generator = np.random.default_rng(3)
+    entries = []
+    for index, rows in enumerate((5, 4)):
+        array = generator.integers(3, TINY["vocab_size"], size=(rows, 20), dtype=np.int32)
+        array[:, 0] = 0
+        path = out / "shards" / f"shard_{index:04d}.npz"
+        write_npz(path, {"input_ids": array})
+        entries.append({"file": path.name, "rows": rows, "sha256": sha256_file(path)})
+    spec = {
+        "context_length": 20,
+        "vocab_size": 97,
+        "bos_token_id": 0,
+        "pad_token_id": None,
+        "prepend_bos": True,
+    }
+    write_json(
+        out / "manifest.json",
+        {"shards": entries, "shard_spec": spec, "sequences": 9, "shards_dir": "shards"},
+    )
+    return out / "manifest.json"
+
+
+def test_run_capture_writes_parquet_rows_that_recompute_from_the_shards(
+    model_dir, manifest, tmp_path
+):
+    out = tmp_path / "part_0000.parquet"
+    settings = CaptureSettings(rope="post")
+    rows = run_capture(
+        str(model_dir),
+        str(manifest),
+        str(out),
+        sample_start=3,
+        sample_stop=7,
+        settings=settings,
+        batch_size=3,
+        device="cpu",
+    )
+    frame = pd.read_parquet(out)
+    assert rows == len(frame) == 4 * 2 * 4 * 20
+    assert list(frame.columns) == list(COLUMNS)
+    assert sorted(frame.sample_id.unique()) == [3, 4, 5, 6]
+    assert not list(tmp_path.glob(".*tmp"))
+    # Sample 5 is row 0 of the second shard; recompute it from the shard with the eager model.
+    with np.load(manifest.parent / "shards" / "shard_0001.npz", allow_pickle=False) as shard:
+        ids = torch.from_numpy(shard["input_ids"][:1].astype(np.int64))
+    eager = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, attn_implementation="eager"
+    )
+    with torch.no_grad():
+        attention = eager(ids, output_attentions=True).attentions[1][0, 2].detach().double().numpy()
+    got = frame[(frame.sample_id == 5) & (frame.layer == 1) & (frame["head"] == 2)].sort_values(
+        "token_pos"
+    )
+    np.testing.assert_allclose(got.max_attn, attention.max(-1), rtol=1e-5)
+
+
+def test_unsupported_architecture_fails_before_weights_load(tmp_path):
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8)
+    config.architectures = ["GPT2LMHeadModel"]
+    config.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_shards_from_another_tokenizer_fail_before_the_model_loads(
+    model_dir, manifest, tmp_path, monkeypatch
+):
+    small = tmp_path / "small"
+    config = json.loads((model_dir / "config.json").read_text())
+    config["vocab_size"] = 50
+    small.mkdir()
+    (small / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("spectra_attn.capture.load_model", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(ValueError, match="outside the model's vocabulary of 50"):
+        run_capture(
+            str(small),
+            str(manifest),
+            str(tmp_path / "x.parquet"),
+            sample_start=0,
+            sample_stop=2,
+            settings=CaptureSettings(),
+            device="cpu",
+        )
+    assert not (tmp_path / "x.parquet").exists()

@@ -1,0 +1,36 @@
+"""Snakemake adapter: per-token attention metrics of one range of samples → one Parquet part."""
+
+import torch
+
+from spectra_attn.capture import CaptureSettings, run_capture
+
+
+def main(snakemake) -> None:
+    torch.set_num_threads(snakemake.threads)
+    params = snakemake.params
+    start, stop = params.sample_range
+    run_capture(
+        params.model,
+        snakemake.input.manifest,
+        snakemake.output.part,
+        sample_start=start,
+        sample_stop=stop,
+        settings=CaptureSettings(
+            rope=params.rope,
+            k_eff_threshold=params.k_eff_threshold,
+            entropy_skip_tokens=params.entropy_skip_tokens,
+            query_block_size=params.query_block_size,
+        ),
+        batch_size=params.batch_size,
+        device=params.device,
+        dtype=params.dtype,
+        revision=params.revision,
+        trust_remote_code=params.trust_remote_code,
+    )
+
+
+if __name__ == "__main__":
+    from spectra_attn.workflow import setup_logging
+
+    setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
+    main(snakemake)  # noqa: F821
