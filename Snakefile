@@ -1,5 +1,5 @@
 # Spectra: attention measurements of decoder LLMs and a causal test of query magnitude.
-# Stages: demo (offline model + corpus) → data (SlimPajama → 512-token shards) → capture → …
+# Stages: demo (offline model + corpus) → data (SlimPajama → 512-token shards) → capture → intervention and checks → …
 # Run: snakemake --cores 1 --resources gpu=1   (see README.md)
 from snakemake.utils import min_version
 
@@ -13,6 +13,7 @@ include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"
 include: "rules/capture.smk"
+include: "rules/intervention.smk"
 
 
 rule all:

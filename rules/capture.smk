@@ -43,10 +43,7 @@ rule capture:
         trust_remote_code=config["model"]["trust_remote_code"],
         device=config["device"],
         sample_range=capture_sample_range,
-        rope=config["capture"]["rope"],
-        k_eff_threshold=config["capture"]["k_eff_threshold"],
-        entropy_skip_tokens=config["capture"]["entropy_skip_tokens"],
-        query_block_size=config["capture"]["query_block_size"],
+        capture=capture_settings(),
         batch_size=config["capture"]["batch_size"],
     script:
         "../workflow_scripts/capture.py"

@@ -74,11 +74,62 @@ def capture_sample_range(wildcards):
     return list(CAPTURE_RANGES[int(wildcards.part)])
 
 
+def capture_settings():
+    """The capture keys that define a metric, shared by capture, sweeps and checks."""
+    keys = ("rope", "k_eff_threshold", "entropy_skip_tokens", "query_block_size")
+    return {key: config["capture"][key] for key in keys}
+
+
+def head_entry(wildcards):
+    """The intervention.heads entry of the job's layer and head."""
+    for entry in config["intervention"]["heads"]:
+        if (entry["layer"], entry["head"]) == (
+            int(wildcards.layer),
+            int(wildcards.head),
+        ):
+            return entry
+    raise WorkflowError(
+        f"L{wildcards.layer}_H{wildcards.head} is not in intervention.heads of the config"
+    )
+
+
+def head_role(wildcards):
+    return head_entry(wildcards)["role"]
+
+
+def head_scales(wildcards):
+    """The head's own scales if it has them, else intervention.scales."""
+    return head_entry(wildcards).get("scales", config["intervention"]["scales"])
+
+
+def head_n_samples(wildcards):
+    return head_entry(wildcards).get("n_samples", config["intervention"]["n_samples"])
+
+
+def check_name(wildcards, output):
+    """baseline_sanity, isolation or temperature_identity, from the report's file name."""
+    return Path(output.report).name.split("_L")[0]
+
+
+CHECKS = ("baseline_sanity", "isolation", "temperature_identity")
+
+
+def intervention_outputs():
+    """Every head's sweep tables and gate-check reports."""
+    outputs = []
+    for entry in config["intervention"]["heads"]:
+        head = f"L{entry['layer']}_H{entry['head']}"
+        outputs += [f"{RUN}/intervention/{head}/sweep.parquet"]
+        outputs += [f"{RUN}/checks/{check}_{head}.json" for check in CHECKS]
+    return outputs
+
+
 def final_outputs():
     outputs = [
         rules.make_shards.output.manifest,
         rules.capture_samples.output.samples,
         *capture_parts(),
+        *intervention_outputs(),
     ]
     if config["capture"]["export_csv"]:
         outputs.append(rules.export_capture_csv.output.csv)

@@ -306,3 +306,47 @@ def test_shards_from_another_tokenizer_fail_before_the_model_loads(
             device="cpu",
         )
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_samples_table_maps_ids_to_shard_rows_in_order(manifest):
+    from spectra_attn.samples import sample_ranges, sample_table
+
+    table = sample_table(manifest, 7)
+    assert table.sample_id.tolist() == list(range(7))
+    assert table.shard.tolist() == ["shard_0000.npz"] * 5 + ["shard_0001.npz"] * 2
+    assert table.row.tolist() == [0, 1, 2, 3, 4, 0, 1]
+    assert sample_ranges(7, 3) == [(0, 3), (3, 6), (6, 7)]
+    with pytest.raises(ValueError, match="only 9 sequences"):
+        sample_table(manifest, 10)
+
+
+def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):
+    from spectra_attn.capture import export_seed_csv
+
+    parts = []
+    for index, (start, stop) in enumerate([(0, 2), (2, 3)]):
+        parts.append(str(tmp_path / f"part_{index:04d}.parquet"))
+        run_capture(
+            str(model_dir),
+            str(manifest),
+            parts[-1],
+            sample_start=start,
+            sample_stop=stop,
+            settings=CaptureSettings(),
+            device="cpu",
+        )
+    export_seed_csv(parts, str(tmp_path / "attention_metrics.csv"))
+    csv = pd.read_csv(tmp_path / "attention_metrics.csv")
+    assert list(csv.columns) == [
+        "sample_id",
+        "layer",
+        "head",
+        "token_pos",
+        "query_norm",
+        "entropy",
+        "max_attn",
+        "k_eff",
+    ]
+    both = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    np.testing.assert_allclose(csv.max_attn, both.max_attn, rtol=1e-6)
+    assert csv.entropy.isna().sum() == both.entropy.isna().sum() == 3 * 2 * 4 * 2

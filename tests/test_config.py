@@ -33,7 +33,12 @@ CONTRACT_KEYS = {
 }
 
 
-CAPTURE_CONTRACT = {"n_samples": 64, "rope": "pre", "k_eff_threshold": 0.9, "entropy_skip_tokens": 2}
+CAPTURE_CONTRACT = {
+    "n_samples": 64,
+    "rope": "pre",
+    "k_eff_threshold": 0.9,
+    "entropy_skip_tokens": 2,
+}
 
 
 def walk(schema, prefix=""):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -43,7 +44,13 @@ def demo_run(tmp_path_factory):
 
 def test_dry_run_plans_every_stage(demo_run):
     _, dry, _ = demo_run
-    for rule in ("build_demo_corpus", "build_demo_model", "make_shards"):
+    for rule in (
+        "build_demo_corpus",
+        "build_demo_model",
+        "make_shards",
+        "capture_samples",
+        "capture",
+    ):
         assert rule in dry.stdout, dry.stdout[-2000:]
 
 
@@ -69,6 +76,74 @@ def test_real_run_writes_validated_shards(demo_run):
         assert shard["input_ids"].shape[1] == 512
     for rule in ("build_demo_corpus", "build_demo_model", "make_shards"):
         assert list((workdir / "results").rglob(f"{rule}.log")), rule
+
+
+def test_capture_parts_cover_every_layer_head_and_token(demo_run):
+    import pandas as pd
+
+    workdir, _, _ = demo_run
+    capture = workdir / "results" / "demo" / "capture"
+    parts = sorted(capture.glob("part_*.parquet"))
+    assert [p.name for p in parts] == [f"part_{i:04d}.parquet" for i in range(4)]  # 64 / 16
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    assert list(frame.columns[:8]) == [
+        "sample_id",
+        "layer",
+        "head",
+        "token_pos",
+        "query_norm",
+        "entropy",
+        "max_attn",
+        "k_eff",
+    ]
+    assert len(frame) == 64 * 4 * 8 * 512  # samples × layers × heads × tokens
+    assert frame.entropy.isna().sum() == 64 * 4 * 8 * 2  # the first 2 positions
+    assert frame.k_eff.between(1, 512).all() and frame.max_attn.between(0, 1).all()
+    samples = pd.read_parquet(capture / "samples.parquet")
+    assert samples.sample_id.tolist() == list(range(64))
+    assert (samples.shard == "shard_0000.npz").all() and samples.row.tolist() == list(range(64))
+    log = (workdir / "results" / "demo" / "logs" / "capture" / "part_0000.log").read_text()
+    assert "100%" in log  # the progress bar reaches the log
+    if not torch.cuda.is_available():
+        assert "no CUDA device found: running on the CPU" in log
+
+
+def test_sweeps_and_checks_of_every_configured_head(demo_run):
+    import pandas as pd
+
+    workdir, _, _ = demo_run
+    run = workdir / "results" / "demo"
+    for head, role in (("L2_H0", "target"), ("L2_H5", "control")):
+        sweep = pd.read_parquet(run / "intervention" / head / "sweep.parquet")
+        assert len(sweep) == 64 * 5 and set(sweep.role) == {role}
+        one = sweep[sweep.scale == 1.0]
+        assert one.kl.abs().max() < 1e-6  # scale 1.0 is the unmodified model
+        seed = pd.read_csv(run / "intervention" / head / "q_scale_intervention_results.csv")
+        assert seed.scale.tolist() == [0.5, 0.75, 1.0, 1.25, 1.5]
+        trends = pd.read_csv(run / "intervention" / head / "trend_analysis.csv")
+        assert trends.metric.tolist() == ["entropy", "max_attn", "k_eff"]
+        for check in ("baseline_sanity", "isolation", "temperature_identity"):
+            report = json.loads((run / "checks" / f"{check}_{head}.json").read_text())
+            assert report["passed"] and report["max_deviation"] <= report["tolerance"]
+        log = (run / "logs" / "intervention" / f"{head}.log").read_text()
+        assert log.index("expected as the query") < log.index(f"observed for {head}")
+
+
+def test_changing_one_heads_scales_reruns_only_that_head(demo_run, tmp_path):
+    workdir, _, _ = demo_run
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        "intervention:\n  heads:\n"
+        "    - {layer: 2, head: 0, role: target, scales: [0.5, 1.0, 2.0]}\n"
+        "    - {layer: 2, head: 5, role: control}\n"
+    )
+    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", str(mine))
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = result.stdout
+    assert "wildcards: layer=2, head=0" in planned
+    assert "wildcards: layer=2, head=5" not in planned
+    for rule in ("make_shards", "capture", "build_demo_model", "build_demo_corpus"):
+        assert f"rule {rule}:" not in planned
 
 
 def test_second_run_does_nothing(demo_run):

@@ -15,12 +15,7 @@ def main(snakemake) -> None:
         snakemake.output.part,
         sample_start=start,
         sample_stop=stop,
-        settings=CaptureSettings(
-            rope=params.rope,
-            k_eff_threshold=params.k_eff_threshold,
-            entropy_skip_tokens=params.entropy_skip_tokens,
-            query_block_size=params.query_block_size,
-        ),
+        settings=CaptureSettings(**params.capture),
         batch_size=params.batch_size,
         device=params.device,
         dtype=params.dtype,

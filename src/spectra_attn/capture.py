@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectra_attn.metrics import blocked_metrics
+from spectra_attn.metrics import blocked_metrics, causal_logits
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,32 @@ class CaptureSettings:
     rope: str = "pre"
     k_eff_threshold: float = 0.9
     entropy_skip_tokens: int = 2
-    query_block_size: int = 256
+    query_block_size: int = 128
 
     def __post_init__(self) -> None:
         if self.rope not in ("pre", "post"):
             raise ValueError(f"capture.rope must be 'pre' or 'post', not {self.rope!r}")
+
+
+def keep_heap_compact(threshold_bytes: int = 4 << 20) -> bool:
+    """Fix glibc's mmap threshold so that large temporaries are unmapped when freed.
+
+    glibc raises the threshold after the first large free; from then on the per-block logits
+    buffers, which grow with the number of keys, come from the heap and fragment it, so peak
+    memory grows faster than linearly in T. A fixed threshold keeps it linear. Returns whether the
+    setting took effect (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt and mallopt(m_mmap_threshold, threshold_bytes) == 1)
 
 
 def check_model_type(model_config: Any) -> None:
@@ -145,15 +166,30 @@ def use_capture_attention(model: torch.nn.Module) -> None:
 class AttentionRecorder:
     """Collects per-layer metrics during forward passes while it is active (``with recorder:``)."""
 
-    def __init__(self, model: torch.nn.Module, settings: CaptureSettings):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        settings: CaptureSettings,
+        layers: set[int] | None = None,
+        heads: list[int] | None = None,
+        keep_logits: bool = False,
+    ):
+        """``layers``/``heads``: record only these (default: all). ``keep_logits``: also keep the
+        recorded heads' causal logits ``[B, heads, T, T]`` in ``self.logits`` (for checks)."""
         self.model = model
         self.settings = settings
-        self.modules = attention_modules(model)
+        self.modules = [
+            m for m in attention_modules(model) if layers is None or m.layer_idx in layers
+        ]
         self.num_heads = model.config.num_attention_heads
         self.head_dim = getattr(model.config, "head_dim", None) or (
             model.config.hidden_size // self.num_heads
         )
+        self.heads = heads
+        self.keep_logits = keep_logits
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self._recorded = {m.layer_idx for m in self.modules}
         self._pre_rope: dict[tuple[int, str], torch.Tensor] = {}
         self._handles: list[Any] = []
         self._token: contextvars.Token | None = None
@@ -198,6 +234,8 @@ class AttentionRecorder:
         sliding_window: int | None,
     ) -> None:
         layer = module.layer_idx
+        if layer not in self._recorded:
+            return
         if self.settings.rope == "pre":
             # [B, T, heads, d] → [B, heads, T, d]
             query = self._pre_rope.pop((layer, "q")).transpose(1, 2)
@@ -205,9 +243,22 @@ class AttentionRecorder:
             scaling = 1.0 / math.sqrt(self.head_dim)
         elif scaling is None:
             scaling = 1.0 / math.sqrt(self.head_dim)
+        if self.heads is not None:
+            # Only these query heads, each with its own KV head (h // groups), so groups = 1.
+            groups = query.shape[1] // key.shape[1]
+            query = query[:, self.heads]
+            key = key[:, [head // groups for head in self.heads]]
         self.layers[layer] = head_metrics(
             query, key, scaling, self.settings, sliding_window=sliding_window
         )
+        if self.keep_logits:
+            self.logits[layer] = causal_logits(
+                query,
+                key.repeat_interleave(query.shape[1] // key.shape[1], dim=1),
+                scaling,
+                0,
+                sliding_window,
+            ).cpu()
 
 
 def head_metrics(
@@ -354,6 +405,87 @@ class _LogStream:
         pass
 
 
+def capture_to_parquet(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    sample_ids: np.ndarray,
+    out_path: str,
+    settings: CaptureSettings,
+    batch_size: int = 8,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Capture ``tokens`` ``[n, T]`` batch by batch into one zstd Parquet file, written
+    atomically (one row group per batch). Returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from spectra_attn.io import atomic_path
+
+    schema = parquet_schema(metadata)
+    rows = 0
+    with (
+        atomic_path(out_path) as tmp,
+        # Dictionary-encode only the id columns: on metric floats it costs time and saves nothing.
+        pq.ParquetWriter(
+            tmp, schema, compression="zstd", use_dictionary=["sample_id", "layer", "head"]
+        ) as writer,
+        tqdm(
+            total=len(tokens), unit="sample", file=_LogStream(), mininterval=10, ascii=True
+        ) as progress,
+    ):
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+            layers = capture_batch(model, batch, settings)
+            columns = to_columns(layers, sample_ids[start : start + batch_size])
+            writer.write_table(pa.table(columns, schema=schema))
+            rows += len(columns["sample_id"])
+            progress.update(len(batch))
+    return rows
+
+
+def prepare(
+    model_name_or_path: str,
+    manifest_path: str,
+    sample_start: int,
+    sample_stop: int,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    check_config=None,
+):
+    """Samples table, validated token rows and the loaded model for one job. Everything that can
+    fail cheaply (sample range, shard validation, architecture, context length, vocabulary, and
+    ``check_config(model_config)`` if given) is checked before the weights load."""
+    from transformers import AutoConfig
+
+    from spectra_attn.samples import load_samples, sample_table
+
+    keep_heap_compact()
+    table = sample_table(manifest_path, sample_stop).iloc[sample_start:sample_stop]
+    tokens = load_samples(manifest_path, table)
+    model_config = AutoConfig.from_pretrained(
+        model_name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    check_model_fits(model_config, tokens.shape[1], int(tokens.max()))
+    if check_config is not None:
+        check_config(model_config)
+    model = load_model(model_name_or_path, dtype, device, revision, trust_remote_code)
+    logger.info(
+        "samples %d-%d (%d × %d tokens), model %s on %s, %s",
+        sample_start,
+        sample_stop - 1,
+        len(tokens),
+        tokens.shape[1],
+        model_name_or_path,
+        model.device,
+        dtype,
+    )
+    return table, tokens, model
+
+
 def run_capture(
     model_name_or_path: str,
     manifest_path: str,
@@ -368,35 +500,21 @@ def run_capture(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> int:
-    """Capture samples ``[sample_start, sample_stop)`` into one Parquet file (zstd), written
-    atomically. Returns the number of rows written."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-    from transformers import AutoConfig
-
+    """Capture samples ``[sample_start, sample_stop)`` of the shards into one Parquet file.
+    Returns the number of rows."""
     from spectra_attn import __version__
-    from spectra_attn.io import atomic_path
-    from spectra_attn.samples import load_samples, sample_table
 
-    table = sample_table(manifest_path, sample_stop).iloc[sample_start:sample_stop]
-    tokens = load_samples(manifest_path, table)
-    model_config = AutoConfig.from_pretrained(
-        model_name_or_path, revision=revision, trust_remote_code=trust_remote_code
-    )
-    check_model_fits(model_config, tokens.shape[1], int(tokens.max()))
-    model = load_model(model_name_or_path, dtype, device, revision, trust_remote_code)
-    logger.info(
-        "capturing samples %d-%d (%d × %d tokens) with %s on %s, %s, rope=%s",
-        sample_start,
-        sample_stop - 1,
-        len(tokens),
-        tokens.shape[1],
+    table, tokens, model = prepare(
         model_name_or_path,
-        model.device,
-        dtype,
-        settings.rope,
+        manifest_path,
+        sample_start,
+        sample_stop,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
     )
+    logger.info("capture settings: %s", settings)
     metadata = {
         "spectra_version": __version__,
         "model": str(model_name_or_path),
@@ -405,24 +523,9 @@ def run_capture(
         "k_eff_threshold": str(settings.k_eff_threshold),
         "entropy_skip_tokens": str(settings.entropy_skip_tokens),
     }
-    schema = parquet_schema(metadata)
-    sample_ids = table["sample_id"].to_numpy()
-    rows = 0
-    with (
-        atomic_path(out_path) as tmp,
-        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
-    ):
-        progress = tqdm(
-            total=len(tokens), unit="sample", file=_LogStream(), mininterval=10, ascii=True
-        )
-        for start in range(0, len(tokens), batch_size):
-            batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
-            layers = capture_batch(model, batch, settings)
-            columns = to_columns(layers, sample_ids[start : start + batch_size])
-            writer.write_table(pa.table(columns, schema=schema))
-            rows += len(columns["sample_id"])
-            progress.update(len(batch))
-        progress.close()
+    rows = capture_to_parquet(
+        model, tokens, table["sample_id"].to_numpy(), out_path, settings, batch_size, metadata
+    )
     logger.info("wrote %d rows to %s", rows, out_path)
     return rows
 

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     capture.add_argument("--k-eff-threshold", type=float, default=0.9)
     capture.add_argument("--entropy-skip-tokens", type=int, default=2)
-    capture.add_argument("--query-block-size", type=int, default=256)
+    capture.add_argument("--query-block-size", type=int, default=128)
     capture.add_argument("--trust-remote-code", action="store_true")
     capture.add_argument(
         "--csv", action="store_true", help="also write the seed's attention_metrics_<time>.csv"

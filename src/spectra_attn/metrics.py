@@ -20,10 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 K_EFF_TOLERANCE = 1e-6
 METRIC_NAMES = ("entropy", "max_attn", "k_eff", "gain_max_attn", "gain_entropy")
+# Masked logits get this finite value rather than −inf: softmax gives them exactly 0, and
+# 0 · MASKED_LOGIT stays 0 where 0 · (−inf) would be NaN, so E_p[z] and E_p[z²] need no where().
+MASKED_LOGIT = -1e15
 
 
 @dataclass
@@ -38,41 +42,40 @@ class RowMetrics:
 
 
 def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetrics:
-    """Metrics of each row of ``logits`` (``[..., keys]``, −inf where masked), in float32.
+    """Metrics of each row of ``logits`` (``[..., keys]``), in float32.
 
-    Every row must have at least one finite logit.
+    Masked keys hold −inf or :data:`MASKED_LOGIT`; every row needs at least one visible key.
     """
     z = logits.float()
-    z_max = z.amax(dim=-1, keepdim=True)
-    shifted = z - z_max  # ≤ 0, −inf where masked
-    weights = shifted.exp()
-    total = weights.sum(dim=-1, keepdim=True)
-    p = weights / total
-    log_total = total.log()
-    # E_p[z − z_max]: masked entries have p = 0 and shifted = −inf; zero them before the product.
-    finite_shifted = torch.where(p > 0, shifted, torch.zeros_like(shifted))
-    mean_shifted = (p * finite_shifted).sum(dim=-1, keepdim=True)
-    entropy = log_total - mean_shifted  # logsumexp(z) − E_p[z], both relative to z_max
-    max_attn = 1.0 / total  # exp(z_max − logsumexp(z))
-    centered = torch.where(p > 0, finite_shifted - mean_shifted, torch.zeros_like(shifted))
-    variance = (p * centered.square()).sum(dim=-1, keepdim=True)
-    gain_max_attn = max_attn * (-mean_shifted)  # p_max · (z_max − E_p[z])
-    k_eff = keys_for_mass(p, k_eff_threshold)
+    z = (z - z.amax(dim=-1, keepdim=True)).clamp_(min=MASKED_LOGIT)  # z − z_max ≤ 0
+    p = torch.softmax(z, dim=-1)
+    max_attn = p.amax(dim=-1)  # = exp(0 − logsumexp(z)) = 1 / Σⱼ exp(zⱼ)
+    mean_z = torch.einsum("...k,...k->...", p, z)  # E_p[z − z_max]
+    mean_z2 = torch.einsum("...k,...k->...", p, z * z)
     return RowMetrics(
-        entropy=entropy.squeeze(-1),
-        max_attn=max_attn.squeeze(-1),
-        k_eff=k_eff,
-        gain_max_attn=gain_max_attn.squeeze(-1),
-        gain_entropy=-variance.squeeze(-1),
+        entropy=-max_attn.log() - mean_z,  # logsumexp(z) − E_p[z]
+        max_attn=max_attn,
+        k_eff=keys_for_mass(p, k_eff_threshold),
+        gain_max_attn=max_attn * -mean_z,  # p_max · (z_max − E_p[z])
+        gain_entropy=-(mean_z2 - mean_z.square()).clamp(min=0.0),  # −Var_p(z)
     )
 
 
 def keys_for_mass(p: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The smallest number of keys whose largest probabilities sum to at least ``threshold``."""
-    descending = p.sort(dim=-1, descending=True).values
-    cumulative = descending.cumsum(dim=-1)
-    below = (cumulative < threshold - K_EFF_TOLERANCE).sum(dim=-1)
-    return (below + 1).clamp(max=p.shape[-1]).to(torch.int32)
+    """The smallest number of keys whose largest probabilities sum to at least ``threshold``.
+
+    Sorted ascending, a₁ ≤ … ≤ aₙ, the top-k mass is total − (a₁ + … + aₙ₋ₖ), so k_eff is n minus
+    the number of prefix sums that stay ≤ total − threshold. The sort dominates the cost of all
+    metrics; on the CPU NumPy's SIMD sort is an order of magnitude faster than torch's.
+    """
+    if p.device.type == "cpu":
+        ascending = torch.from_numpy(np.sort(p.detach().float().contiguous().numpy(), axis=-1))
+    else:
+        ascending = p.float().sort(dim=-1).values
+    prefix = ascending.cumsum(dim=-1)  # non-decreasing, so a binary search counts
+    limit = prefix[..., -1:] - threshold + K_EFF_TOLERANCE
+    dropped = torch.searchsorted(prefix, limit, right=True).squeeze(-1)
+    return (p.shape[-1] - dropped).clamp(min=1).to(torch.int32)
 
 
 def causal_logits(
@@ -86,18 +89,18 @@ def causal_logits(
 
     ``query``: ``[..., rows, d]``; ``key``: ``[..., keys, d]`` with at least ``query_start + rows``
     keys (later keys are ignored). Masked positions (future keys, or keys beyond the sliding window)
-    are −inf. Computed in float32.
+    hold :data:`MASKED_LOGIT`. Computed in float32.
     """
     rows = query.shape[-2]
     n_keys = query_start + rows
-    logits = torch.matmul(query.float(), key[..., :n_keys, :].float().transpose(-1, -2))
-    logits.mul_(scaling)
+    # Scaling the [rows, d] queries is cheaper than scaling the [rows, keys] logits.
+    logits = torch.matmul(query.float() * scaling, key[..., :n_keys, :].float().transpose(-1, -2))
     query_pos = torch.arange(query_start, n_keys, device=query.device)[:, None]
     key_pos = torch.arange(n_keys, device=query.device)[None, :]
     masked = key_pos > query_pos
     if sliding_window is not None:
         masked |= key_pos <= query_pos - sliding_window
-    return logits.masked_fill_(masked, float("-inf"))
+    return logits.masked_fill_(masked, MASKED_LOGIT)
 
 
 def blocked_metrics(

@@ -1,0 +1,265 @@
+"""Capture overhead and long-context memory on the bench model.
+
+    .venv/bin/python benchmarks/capture_overhead.py overhead [--repeats 3] [--device cpu]
+    .venv/bin/python benchmarks/capture_overhead.py long-context [--lengths 1024 2048 4096 8192]
+
+Bench model: a Llama config with hidden 256, 8 layers, 8 heads, 2 KV heads, vocab 4096
+(intermediate 896 = 3.5 × hidden, Llama-3's ratio), random weights (seed 0), float32.
+
+``overhead``: 16 samples × 512 tokens, batch 8. Wall time of
+  * ``forward``: the plain forward pass (same call as capture: ``use_cache=False``,
+    ``logits_to_keep=1``, SDPA attention), no hooks, nothing written;
+  * ``capture``: ``capture_to_parquet`` — all four metrics and the two gains of every layer,
+    head and token, pre-RoPE, written to a zstd Parquet file;
+  * ``seed``: the seed's way — forward hooks on each layer's input norm, per-layer recompute of
+    pre-RoPE q/k and the full [heads, T, T] softmax, the metrics by masked_fill/sort, rows appended
+    to a CSV with pandas.
+Runs alternate (forward, capture, seed, forward, ...) and medians are compared.
+
+``long-context``: one sample of T tokens per fresh subprocess; time and peak resident memory of the
+plain forward and of capture (query blocks of 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCH = dict(
+    hidden_size=256,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    vocab_size=4096,
+    intermediate_size=896,
+    max_position_embeddings=8192,
+)
+
+
+def bench_model(device: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**BENCH, attn_implementation="sdpa"))
+    return model.to(device).eval()
+
+
+def plain_forward(model, tokens: np.ndarray, batch_size: int) -> None:
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+            model(input_ids=batch.to(model.device), use_cache=False, logits_to_keep=1)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seed_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> None:
+    """The seed's AttentionProfiler: hooks on input_layernorm, per-layer pre-RoPE recompute,
+    full softmax, metrics with masked_fill and sort, pandas rows appended to a CSV."""
+    import pandas as pd
+
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = config.hidden_size // heads
+    captured = {}
+
+    def hook(layer_index):
+        def keep(module, inputs, output):
+            captured[layer_index] = output.detach()
+
+        return keep
+
+    handles = [
+        layer.input_layernorm.register_forward_hook(hook(i))
+        for i, layer in enumerate(model.model.layers)
+    ]
+    header = True
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(tokens), batch_size):
+                ids = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+                model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                for sample in range(len(ids)):
+                    for layer_index, layer in enumerate(model.model.layers):
+                        hidden = captured[layer_index][sample : sample + 1]
+                        attention = layer.self_attn
+                        length = hidden.shape[1]
+                        q = (
+                            attention.q_proj(hidden)
+                            .view(1, length, heads, head_dim)
+                            .transpose(1, 2)
+                        )
+                        k = attention.k_proj(hidden).view(1, length, kv_heads, head_dim)
+                        k = k.transpose(1, 2).repeat_interleave(heads // kv_heads, dim=1)
+                        scores = q @ k.transpose(-1, -2) / head_dim**0.5
+                        mask = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+                        p = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+                        entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+                        entropy[..., :2] = float("nan")
+                        max_attn = p.max(-1).values
+                        cumulative = p.sort(-1, descending=True).values.cumsum(-1)
+                        k_eff = (cumulative < 0.9).sum(-1) + 1
+                        query_norm = q.norm(dim=-1)
+                        frame = pd.DataFrame(
+                            {
+                                "sample_id": start + sample,
+                                "layer": layer_index,
+                                "head": np.repeat(np.arange(heads), length),
+                                "token_pos": np.tile(np.arange(length), heads),
+                                "query_norm": query_norm[0].flatten().numpy(),
+                                "entropy": entropy[0].flatten().numpy(),
+                                "max_attn": max_attn[0].flatten().numpy(),
+                                "k_eff": k_eff[0].flatten().numpy(),
+                            }
+                        )
+                        frame.to_csv(csv_path, mode="a", header=header, index=False)
+                        header = False
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def overhead(args) -> None:
+    from spectra_attn.capture import CaptureSettings, capture_to_parquet, use_capture_attention
+
+    torch.set_num_threads(args.threads)
+    model = bench_model(args.device)
+    generator = np.random.default_rng(0)
+    tokens = generator.integers(1, BENCH["vocab_size"], size=(16, 512), dtype=np.int32)
+    sample_ids = np.arange(len(tokens))
+    settings = CaptureSettings(rope="pre", query_block_size=args.block)
+    timings: dict[str, list[float]] = {"forward": [], "capture": [], "seed": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain_forward(model, tokens[:8], 8)  # warm-up
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            plain_forward(model, tokens, args.batch_size)
+            timings["forward"].append(time.perf_counter() - start)
+
+            use_capture_attention(model)
+            start = time.perf_counter()
+            rows = capture_to_parquet(
+                model, tokens, sample_ids, f"{tmp}/capture.parquet", settings, args.batch_size
+            )
+            timings["capture"].append(time.perf_counter() - start)
+            model.set_attn_implementation("sdpa")
+
+            if not args.skip_seed:
+                start = time.perf_counter()
+                seed_style(model, tokens, args.batch_size, Path(tmp) / f"seed_{repeat}.csv")
+                timings["seed"].append(time.perf_counter() - start)
+    forward = statistics.median(timings["forward"])
+    print(
+        f"device {args.device}, threads {args.threads}, 16 × 512 tokens, batch {args.batch_size}, "
+        f"query block {args.block}"
+    )
+    for name, values in timings.items():
+        if values:
+            median = statistics.median(values)
+            runs = ", ".join(f"{v:.2f}" for v in values)
+            print(f"{name:>8}: {median:7.2f} s  ({median / forward:4.2f}× forward; runs {runs})")
+    print(f"capture rows: {rows} ({rows / statistics.median(timings['capture']):,.0f} rows/s)")
+
+
+def one_length(args) -> None:
+    """Child process: one sample of args.length tokens, plain forward or capture."""
+    from spectra_attn.capture import (
+        CaptureSettings,
+        capture_to_parquet,
+        keep_heap_compact,
+        use_capture_attention,
+    )
+
+    torch.set_num_threads(args.threads)
+    keep_heap_compact()  # as run_capture does
+    model = bench_model("cpu")
+    tokens = np.random.default_rng(0).integers(1, 4096, size=(1, args.length), dtype=np.int32)
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if args.mode == "forward":
+        plain_forward(model, tokens, 1)
+    else:
+        use_capture_attention(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            capture_to_parquet(
+                model,
+                tokens,
+                np.arange(1),
+                f"{tmp}/c.parquet",
+                CaptureSettings(query_block_size=args.block),
+                1,
+            )
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps({"seconds": seconds, "peak_mib": peak / 1024, "model_mib": baseline_rss / 1024})
+    )
+
+
+def long_context(args) -> None:
+    print(f"T, mode, seconds, peak RSS MiB (after model load MiB); query block {args.block}")
+    for length in args.lengths:
+        for mode in ("forward", "capture"):
+            command = [
+                sys.executable,
+                __file__,
+                "one-length",
+                "--length",
+                str(length),
+                "--mode",
+                mode,
+                "--block",
+                str(args.block),
+                "--threads",
+                str(args.threads),
+            ]
+            result = json.loads(
+                subprocess.run(command, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            print(
+                f"{length:>6}, {mode:>8}, {result['seconds']:8.2f}, "
+                f"{result['peak_mib']:8.0f} ({result['model_mib']:.0f})",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    first = commands.add_parser("overhead")
+    first.add_argument("--repeats", type=int, default=3)
+    first.add_argument("--batch-size", type=int, default=8)
+    first.add_argument("--device", default="cpu")
+    first.add_argument("--threads", type=int, default=2)
+    first.add_argument("--skip-seed", action="store_true")
+    first.add_argument("--block", type=int, default=128, help="capture's query block size")
+    first.set_defaults(handler=overhead)
+    second = commands.add_parser("long-context")
+    second.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    second.add_argument("--block", type=int, default=256)
+    second.add_argument("--threads", type=int, default=2)
+    second.set_defaults(handler=long_context)
+    child = commands.add_parser("one-length")
+    child.add_argument("--length", type=int, required=True)
+    child.add_argument("--mode", choices=["forward", "capture"], required=True)
+    child.add_argument("--block", type=int, default=256)
+    child.add_argument("--threads", type=int, default=2)
+    child.set_defaults(handler=one_length)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

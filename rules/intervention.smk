@@ -1,0 +1,88 @@
+# Stage 3: query-scaling sweeps, one job per configured head (wildcards layer/head), and the gate
+# checks whose JSON files the analysis takes as inputs, so nothing downstream runs on a broken
+# intervention.
+
+
+rule intervention_sweep:
+    input:
+        manifest=rules.make_shards.output.manifest,
+        model=model_inputs(),
+        code=package_code(
+            "intervention", "capture", "metrics", "samples", "shards", "io"
+        ),
+    output:
+        tokens=f"{RUN}/intervention/L{{layer}}_H{{head}}/tokens.parquet",
+        sweep=f"{RUN}/intervention/L{{layer}}_H{{head}}/sweep.parquet",
+        seed_csv=f"{RUN}/intervention/L{{layer}}_H{{head}}/q_scale_intervention_results.csv",
+        trends=f"{RUN}/intervention/L{{layer}}_H{{head}}/trend_analysis.csv",
+    log:
+        f"{LOGS}/intervention/L{{layer}}_H{{head}}.log",
+    benchmark:
+        f"{BENCHMARKS}/intervention/L{{layer}}_H{{head}}.tsv"
+    wildcard_constraints:
+        layer=r"\d+",
+        head=r"\d+",
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        model=model_path,
+        dtype=config["model"]["dtype"],
+        revision=config["model"]["revision"],
+        trust_remote_code=config["model"]["trust_remote_code"],
+        device=config["device"],
+        role=head_role,
+        scales=head_scales,
+        n_samples=head_n_samples,
+        batch_size=config["intervention"]["batch_size"],
+        capture=capture_settings(),
+    script:
+        "../workflow_scripts/intervention_sweep.py"
+
+
+rule check_baseline_sanity:
+    input:
+        manifest=rules.make_shards.output.manifest,
+        model=model_inputs(),
+        code=package_code("checks", "intervention", "capture", "metrics", "samples"),
+    output:
+        report=f"{RUN}/checks/baseline_sanity_L{{layer}}_H{{head}}.json",
+    log:
+        f"{LOGS}/checks/baseline_sanity_L{{layer}}_H{{head}}.log",
+    wildcard_constraints:
+        layer=r"\d+",
+        head=r"\d+",
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        check=check_name,
+        model=model_path,
+        dtype=config["model"]["dtype"],
+        revision=config["model"]["revision"],
+        trust_remote_code=config["model"]["trust_remote_code"],
+        device=config["device"],
+        role=head_role,
+        scales=head_scales,
+        n_samples=config["intervention"]["check_samples"],
+        capture=capture_settings(),
+    script:
+        "../workflow_scripts/check_intervention.py"
+
+
+use rule check_baseline_sanity as check_isolation with:
+    output:
+        report=f"{RUN}/checks/isolation_L{{layer}}_H{{head}}.json",
+    log:
+        f"{LOGS}/checks/isolation_L{{layer}}_H{{head}}.log",
+
+
+use rule check_baseline_sanity as check_temperature_identity with:
+    output:
+        report=f"{RUN}/checks/temperature_identity_L{{layer}}_H{{head}}.json",
+    log:
+        f"{LOGS}/checks/temperature_identity_L{{layer}}_H{{head}}.log",

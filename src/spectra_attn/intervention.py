@@ -1,0 +1,313 @@
+"""Query-scaling intervention (seed: Phase-1 Experiment 1).
+
+The query of one head (layer L, head h) is multiplied by s after the query projection and before
+the rotary embedding — after ``q_norm`` in models that have one, since a scale applied before it
+would be normalised away (and OLMo-2's norm spans all heads). Nothing else in the model changes.
+
+Scaling q by s multiplies the head's logits by s, so the head's own metrics follow from its
+baseline logits alone (softmax(s·z): a temperature); the model's next-token loss and the
+KL(baseline ‖ intervened) of its output distribution are what only a real forward pass can tell.
+All scales of one head run in one batched forward pass, each batch element with its own scale.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spectra_attn.capture import AttentionRecorder, CaptureSettings, attention_modules
+
+logger = logging.getLogger(__name__)
+
+# Seed's expectations, printed before every sweep: metric → (direction, strength).
+EXPECTED_DIRECTIONS = {
+    "entropy": ("decreasing", "strongest"),
+    "max_attn": ("increasing", "medium"),
+    "k_eff": ("decreasing", "weakest"),
+}
+TOKEN_METRICS = ("query_norm", "entropy", "max_attn", "k_eff")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    layer: int
+    head: int
+    role: str = "target"
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}_H{self.head}"
+
+
+def check_heads(heads: list[HeadSpec], model_config: Any) -> None:
+    """Fail, naming the entry, when a layer or head does not exist in the model."""
+    n_layers = model_config.num_hidden_layers
+    n_heads = model_config.num_attention_heads
+    for spec in heads:
+        if not 0 <= spec.layer < n_layers:
+            raise ValueError(
+                f"intervention head {spec.name} ({spec.role}): layer {spec.layer} is out of range; "
+                f"the model has layers 0-{n_layers - 1}"
+            )
+        if not 0 <= spec.head < n_heads:
+            raise ValueError(
+                f"intervention head {spec.name} ({spec.role}): head {spec.head} is out of range; "
+                f"the model has heads 0-{n_heads - 1} per layer"
+            )
+
+
+def query_source(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """The module whose output is the layer's pre-RoPE query: ``q_norm`` if present, else
+    ``q_proj``."""
+    attention = next(m for m in attention_modules(model) if m.layer_idx == layer)
+    return getattr(attention, "q_norm", None) or attention.q_proj
+
+
+class QueryScaler:
+    """While active, multiplies head ``head`` of layer ``layer``'s pre-RoPE query by
+    ``scales[b]`` for batch element ``b``."""
+
+    def __init__(self, model: torch.nn.Module, layer: int, head: int, scales: torch.Tensor):
+        self.model = model
+        self.layer = layer
+        self.head = head
+        self.scales = scales
+        config = model.config
+        self.head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+        self._handle = None
+
+    def scale_output(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
+        batch, length = output.shape[:2]
+        scaled = output.clone().view(batch, length, -1, self.head_dim)
+        factor = self.scales.to(device=output.device, dtype=output.dtype)
+        scaled[:, :, self.head, :] *= factor.view(-1, 1, 1)
+        return scaled.view(output.shape)
+
+    def __enter__(self) -> QueryScaler:
+        self._handle = query_source(self.model, self.layer).register_forward_hook(self.scale_output)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+def output_effects(base_logits: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor):
+    """Per sequence: mean next-token loss of ``logits`` and mean KL(baseline ‖ intervened) over
+    positions, in float32. ``base_logits`` is broadcast against ``logits`` ([B, T, V])."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    log_base = torch.log_softmax(base_logits.float(), dim=-1)
+    targets = input_ids[:, 1:].to(log_p.device)
+    loss = -log_p[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(-1)
+    kl = (log_base.exp() * (log_base - log_p)).sum(-1).mean(-1)
+    return loss.cpu(), kl.clamp(min=0.0).cpu()
+
+
+@torch.inference_mode()
+def sweep_batch(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    spec: HeadSpec,
+    scales: list[float],
+    settings: CaptureSettings,
+    scaler_class: type[QueryScaler] = QueryScaler,
+) -> dict[str, torch.Tensor]:
+    """All scales of ``spec`` for the samples ``input_ids`` [n, T], in two passes: the unmodified
+    model, then one batch of n × len(scales) elements, each with its own scale.
+
+    Returns tensors indexed [sample, scale, ...]: token metrics [n, S, T] and loss, kl [n, S].
+    """
+    device = model.device
+    input_ids = input_ids.to(device)
+    n_samples, n_scales = input_ids.shape[0], len(scales)
+    base_logits = model(input_ids=input_ids, use_cache=False).logits
+    repeated = input_ids.repeat_interleave(n_scales, dim=0)
+    factors = torch.tensor(scales, dtype=torch.float32).repeat(n_samples)
+    recorder = AttentionRecorder(model, settings, layers={spec.layer}, heads=[spec.head])
+    with scaler_class(model, spec.layer, spec.head, factors), recorder:
+        logits = model(input_ids=repeated, use_cache=False).logits
+    loss, kl = output_effects(base_logits.repeat_interleave(n_scales, dim=0), logits, repeated)
+    metrics = recorder.layers[spec.layer]
+    out = {name: metrics[name][:, 0].reshape(n_samples, n_scales, -1) for name in TOKEN_METRICS}
+    out["loss"] = loss.reshape(n_samples, n_scales)
+    out["kl"] = kl.reshape(n_samples, n_scales)
+    return out
+
+
+def run_sweep(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    sample_ids: np.ndarray,
+    spec: HeadSpec,
+    scales: list[float],
+    settings: CaptureSettings,
+    batch_size: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sweep of one head over ``tokens`` [n, T]. Returns the per-token table
+    (layer, head, role, scale, sample_id, token_pos, query_norm, entropy, max_attn, k_eff) and the
+    per-sample table (the same keys without token_pos; token means over positions with a defined
+    entropy; loss; kl)."""
+    log_expectations(spec)
+    token_frames, sample_frames = [], []
+    length = tokens.shape[1]
+    for start in range(0, len(tokens), batch_size):
+        ids = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+        result = sweep_batch(model, ids, spec, scales, settings)
+        n = len(ids)
+        shape = (n, len(scales), length)
+        token_frames.append(
+            pd.DataFrame(
+                {
+                    "layer": np.int16(spec.layer),
+                    "head": np.int16(spec.head),
+                    "role": spec.role,
+                    "scale": np.broadcast_to(
+                        np.asarray(scales, np.float32)[None, :, None], shape
+                    ).ravel(),
+                    "sample_id": np.broadcast_to(sample_ids[start : start + n, None, None], shape)
+                    .ravel()
+                    .astype(np.int32),
+                    "token_pos": np.broadcast_to(np.arange(length, dtype=np.int32), shape).ravel(),
+                    **{name: result[name].numpy().ravel() for name in TOKEN_METRICS},
+                }
+            )
+        )
+        valid = slice(settings.entropy_skip_tokens, None)
+        per_sample = {
+            name: result[name][..., valid].float().mean(-1).numpy().ravel()
+            for name in TOKEN_METRICS
+        }
+        sample_frames.append(
+            pd.DataFrame(
+                {
+                    "layer": np.int16(spec.layer),
+                    "head": np.int16(spec.head),
+                    "role": spec.role,
+                    "scale": np.tile(np.asarray(scales, np.float32), n),
+                    "sample_id": np.repeat(sample_ids[start : start + n], len(scales)).astype(
+                        np.int32
+                    ),
+                    **per_sample,
+                    "loss": result["loss"].numpy().ravel(),
+                    "kl": result["kl"].numpy().ravel(),
+                }
+            )
+        )
+        logger.info("swept samples %d-%d of %d", start, start + n - 1, len(tokens))
+    tokens_table = pd.concat(token_frames, ignore_index=True)
+    samples_table = pd.concat(sample_frames, ignore_index=True)
+    log_observations(spec, trend_analysis(samples_table))
+    return tokens_table, samples_table
+
+
+def log_expectations(spec: HeadSpec) -> None:
+    logger.info("expected as the query of %s (%s) is scaled up:", spec.name, spec.role)
+    for metric, (direction, strength) in EXPECTED_DIRECTIONS.items():
+        logger.info("  %-9s %s (%s effect)", metric, direction, strength)
+
+
+def trend_analysis(samples_table: pd.DataFrame) -> pd.DataFrame:
+    """Per metric: the mean over samples at each scale, Spearman ρ of those means against the
+    scale, whether they are strictly monotonic, and whether the direction is the expected one."""
+    from scipy.stats import spearmanr
+
+    means = samples_table.groupby("scale").mean(numeric_only=True).sort_index()
+    rows = []
+    for metric, (expected, strength) in EXPECTED_DIRECTIONS.items():
+        values = means[metric].to_numpy()
+        steps = np.diff(values)
+        increasing, decreasing = bool((steps > 0).all()), bool((steps < 0).all())
+        rho = spearmanr(means.index.to_numpy(), values).statistic if len(values) > 2 else np.nan
+        observed = "increasing" if increasing else "decreasing" if decreasing else "not monotonic"
+        rows.append(
+            {
+                "metric": metric,
+                "expected": expected,
+                "expected_strength": strength,
+                "observed": observed,
+                "spearman_rho": float(rho),
+                "monotonic": increasing or decreasing,
+                "as_expected": observed == expected,
+                "first_scale_mean": float(values[0]),
+                "last_scale_mean": float(values[-1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def log_observations(spec: HeadSpec, trends: pd.DataFrame) -> None:
+    logger.info("observed for %s (%s):", spec.name, spec.role)
+    for row in trends.itertuples():
+        logger.info(
+            "  %-9s %s (expected %s), Spearman rho %+.3f, %.4g → %.4g",
+            row.metric,
+            row.observed,
+            row.expected,
+            row.spearman_rho,
+            row.first_scale_mean,
+            row.last_scale_mean,
+        )
+
+
+def seed_results_table(samples_table: pd.DataFrame) -> pd.DataFrame:
+    """The seed's q_scale_intervention_results.csv: one row per scale, mean and standard
+    deviation over samples of each metric, with the loss and KL."""
+    grouped = samples_table.groupby(["layer", "head", "role", "scale"], sort=True)
+    table = grouped[["entropy", "max_attn", "k_eff", "query_norm", "loss", "kl"]].agg(
+        ["mean", "std"]
+    )
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table["n_samples"] = grouped.size()
+    return table.reset_index()
+
+
+def run_head_sweep(
+    model_name_or_path: str,
+    manifest_path: str,
+    spec: HeadSpec,
+    scales: list[float],
+    n_samples: int,
+    settings: CaptureSettings,
+    outputs: dict[str, str],
+    *,
+    batch_size: int = 1,
+    device: str = "auto",
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> pd.DataFrame:
+    """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet; seed_csv, trends
+    CSV), each atomically. Returns the trend analysis."""
+    from spectra_attn.capture import prepare
+    from spectra_attn.io import atomic_path, write_parquet
+
+    table, tokens, model = prepare(
+        model_name_or_path,
+        manifest_path,
+        0,
+        n_samples,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        check_config=lambda model_config: check_heads([spec], model_config),
+    )
+    logger.info("sweep of %s (%s): scales %s, %s", spec.name, spec.role, scales, settings)
+    token_table, sample_table = run_sweep(
+        model, tokens, table["sample_id"].to_numpy(), spec, scales, settings, batch_size
+    )
+    trends = trend_analysis(sample_table)
+    write_parquet(token_table, outputs["tokens"])
+    write_parquet(sample_table, outputs["sweep"])
+    for key, frame in (("seed_csv", seed_results_table(sample_table)), ("trends", trends)):
+        with atomic_path(outputs[key]) as tmp:
+            frame.to_csv(tmp, index=False)
+    return trends

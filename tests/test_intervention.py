@@ -1,0 +1,200 @@
+"""The intervention and its gate checks, each check proven to fail on a broken intervention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
+from spectra_attn.checks import (
+    CheckFailed,
+    baseline_sanity,
+    isolation,
+    require,
+    temperature_identity,
+)
+from spectra_attn.intervention import (
+    HeadSpec,
+    QueryScaler,
+    check_heads,
+    run_sweep,
+    seed_results_table,
+    sweep_batch,
+    trend_analysis,
+)
+
+from .test_capture import input_ids, tiny_model
+
+SCALES = [0.5, 0.75, 1.0, 1.25, 1.5]
+TARGET = HeadSpec(layer=1, head=2, role="target")
+
+
+class WrongHeadScaler(QueryScaler):
+    """Broken: scales the neighbouring head instead of the target."""
+
+    def scale_output(self, module, inputs, output):
+        self.head = (self.head + 1) % 4
+        try:
+            return super().scale_output(module, inputs, output)
+        finally:
+            self.head = (self.head - 1) % 4
+
+
+class AlsoKeysScaler(QueryScaler):
+    """Broken: scales the target head's query and also its keys."""
+
+    def __enter__(self):
+        super().__enter__()
+        attention = self.model.model.layers[self.layer].self_attn
+        kv_head = self.head // (
+            self.model.config.num_attention_heads // self.model.config.num_key_value_heads
+        )
+
+        def scale_keys(module, inputs, output):
+            scaled = output.clone().view(*output.shape[:2], -1, self.head_dim)
+            scaled[:, :, kv_head] *= self.scales.to(output.dtype).view(-1, 1, 1)
+            return scaled.view(output.shape)
+
+        self._key_handle = attention.k_proj.register_forward_hook(scale_keys)
+        return self
+
+    def __exit__(self, *exc):
+        self._key_handle.remove()
+        super().__exit__(*exc)
+
+
+class NoisyScaler(QueryScaler):
+    """Broken: the hook perturbs the query even at scale 1.0."""
+
+    def scale_output(self, module, inputs, output):
+        return super().scale_output(module, inputs, output) * 1.001
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = tiny_model("llama")
+    use_capture_attention(model)
+    return model
+
+
+@pytest.fixture(scope="module", params=["pre", "post"])
+def settings(request):
+    return CaptureSettings(rope=request.param)
+
+
+def test_sweep_scale_one_equals_plain_capture(model, settings):
+    ids = input_ids(batch=2)
+    result = sweep_batch(model, ids, TARGET, SCALES, settings)
+    plain = capture_batch(model, ids, settings)[TARGET.layer]
+    one = SCALES.index(1.0)
+    for name in ("entropy", "max_attn", "k_eff", "query_norm"):
+        torch.testing.assert_close(
+            result[name][:, one], plain[name][:, TARGET.head], equal_nan=True
+        )
+    torch.testing.assert_close(result["kl"][:, one], torch.zeros(2), atol=1e-6, rtol=0)
+    # The query norm scales exactly with s; the head's attention sharpens as s grows.
+    torch.testing.assert_close(
+        result["query_norm"][:, 0] * 3, result["query_norm"][:, -1], rtol=1e-5, atol=1e-6
+    )
+    entropy = result["entropy"][..., 2:].mean(-1)  # [samples, scales]
+    assert (entropy.diff(dim=1) < 0).all()
+
+
+def test_scales_share_one_batched_pass(model, settings, monkeypatch):
+    calls = []
+    original = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    sweep_batch(model, input_ids(batch=2), TARGET, SCALES, settings)
+    assert calls == [2, 2 * len(SCALES)]  # baseline, then every scale of every sample at once
+
+
+def test_run_sweep_tables_and_trends(model, caplog):
+    tokens = input_ids(batch=3).numpy().astype(np.int32)
+    with caplog.at_level("INFO"):
+        token_table, sample_table = run_sweep(
+            model, tokens, np.arange(10, 13), TARGET, SCALES, CaptureSettings(), batch_size=2
+        )
+    assert len(token_table) == 3 * len(SCALES) * tokens.shape[1]
+    assert len(sample_table) == 3 * len(SCALES)
+    assert set(sample_table.sample_id) == {10, 11, 12}
+    assert {"loss", "kl", "entropy", "max_attn", "k_eff"} <= set(sample_table.columns)
+    trends = trend_analysis(sample_table).set_index("metric")
+    assert trends.loc["entropy", "observed"] == "decreasing"
+    assert trends.loc["entropy", "spearman_rho"] == pytest.approx(-1.0)
+    assert trends.loc["max_attn", "as_expected"]
+    text = caplog.text
+    assert text.index("expected as the query") < text.index("observed for L1_H2")
+    seed = seed_results_table(sample_table)
+    assert list(seed.scale) == SCALES and (seed.n_samples == 3).all()
+    assert {"entropy_mean", "entropy_std", "loss_mean", "kl_mean"} <= set(seed.columns)
+
+
+def test_out_of_range_heads_are_named(model):
+    with pytest.raises(ValueError, match="L2_H0 .*layer 2 is out of range.*layers 0-1"):
+        check_heads([HeadSpec(2, 0)], model.config)
+    with pytest.raises(ValueError, match="head 4 is out of range.*heads 0-3"):
+        check_heads([HeadSpec(1, 4, "control")], model.config)
+
+
+# ---- checks pass on the real intervention ----------------------------------------------------
+
+
+def test_checks_pass(model, settings):
+    ids = input_ids(batch=2)
+    for report in (
+        baseline_sanity(model, ids, TARGET, settings),
+        isolation(model, ids, TARGET, 1.5),
+        temperature_identity(model, ids, TARGET, SCALES, settings),
+    ):
+        assert report["passed"], report
+        require(report)
+        assert report["max_deviation"] <= report["tolerance"] == 1e-5
+
+
+# ---- …and fail on broken ones ------------------------------------------------------------------
+
+
+def test_isolation_catches_the_wrong_head(model):
+    report = isolation(model, input_ids(batch=2), TARGET, 1.5, scaler_class=WrongHeadScaler)
+    assert not report["passed"]
+    assert report["deviations"]["target_query_vs_scale_times_baseline"] > 0.1
+    assert report["deviations"]["other_queries"] > 0.1
+    with pytest.raises(CheckFailed, match="isolation failed for L1_H2"):
+        require(report)
+
+
+def test_isolation_catches_scaled_keys(model):
+    report = isolation(model, input_ids(batch=2), TARGET, 1.5, scaler_class=AlsoKeysScaler)
+    assert not report["passed"] and report["deviations"]["keys"] > 0.1
+
+
+@pytest.mark.parametrize("broken", [WrongHeadScaler, AlsoKeysScaler])
+def test_temperature_identity_catches_broken_interventions(model, settings, broken):
+    report = temperature_identity(
+        model, input_ids(batch=2), TARGET, SCALES, settings, scaler_class=broken
+    )
+    assert not report["passed"]
+    assert report["deviations"]["scale_1"] <= 1e-5  # at s = 1 nothing is scaled
+    assert report["deviations"]["scale_1.5"] > 1e-3
+
+
+def test_baseline_sanity_catches_a_hook_that_perturbs(model, settings):
+    report = baseline_sanity(model, input_ids(batch=2), TARGET, settings, scaler_class=NoisyScaler)
+    assert not report["passed"] and report["deviations"]["logits"] > 1e-5
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "olmo2"])
+def test_scale_is_applied_after_q_norm(kind):
+    """A scale applied before q_norm would be normalised away: isolation proves it survives."""
+    model = tiny_model(kind)
+    use_capture_attention(model)
+    report = isolation(model, input_ids(batch=1), TARGET, 1.5)
+    assert report["passed"], report
+    result = sweep_batch(model, input_ids(batch=1), TARGET, [0.5, 1.5], CaptureSettings())
+    torch.testing.assert_close(result["query_norm"][:, 0] * 3, result["query_norm"][:, 1])
