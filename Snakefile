@@ -1,5 +1,6 @@
 # Spectra: attention measurements of decoder LLMs and a causal test of query magnitude.
-# Stages: demo (offline model + corpus) → data (SlimPajama → 512-token shards) → capture → intervention and checks → …
+# Stages: demo (offline model + corpus) → data (SlimPajama → 512-token shards) → capture → intervention and checks →
+# aggregation, gain atlas, gain analysis, plots → report
 # Run: snakemake --cores 1 --resources gpu=1   (see README.md)
 from snakemake.utils import min_version
 
@@ -9,14 +10,19 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"
 include: "rules/capture.smk"
 include: "rules/intervention.smk"
+include: "rules/aggregate.smk"
+include: "rules/analysis.smk"
 
 
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        final_outputs,

@@ -173,15 +173,9 @@ def overhead(args) -> None:
 
 def one_length(args) -> None:
     """Child process: one sample of args.length tokens, plain forward or capture."""
-    from spectra_attn.capture import (
-        CaptureSettings,
-        capture_to_parquet,
-        keep_heap_compact,
-        use_capture_attention,
-    )
+    from spectra_attn.capture import CaptureSettings, capture_to_parquet, use_capture_attention
 
     torch.set_num_threads(args.threads)
-    keep_heap_compact()  # as run_capture does
     model = bench_model("cpu")
     tokens = np.random.default_rng(0).integers(1, 4096, size=(1, args.length), dtype=np.int32)
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

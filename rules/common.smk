@@ -1,6 +1,7 @@
 # Helpers shared by rules/*.smk (config validation, output paths, input functions). No logic lives
 # here beyond choosing paths; the work is in the spectra_attn package (installed by `make setup`,
 # or by envs/*.post-deploy.sh inside a conda env).
+import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -80,9 +81,18 @@ def capture_settings():
     return {key: config["capture"][key] for key in keys}
 
 
+def intervention_heads():
+    """intervention.heads, or with intervention.select: auto the heads chosen from the capture
+    (available once the select_heads checkpoint has run)."""
+    if config["intervention"]["select"] == "auto":
+        selected = checkpoints.select_heads.get().output.heads
+        return json.loads(Path(selected).read_text())["heads"]
+    return config["intervention"]["heads"]
+
+
 def head_entry(wildcards):
     """The intervention.heads entry of the job's layer and head."""
-    for entry in config["intervention"]["heads"]:
+    for entry in intervention_heads():
         if (entry["layer"], entry["head"]) == (
             int(wildcards.layer),
             int(wildcards.head),
@@ -117,19 +127,72 @@ CHECKS = ("baseline_sanity", "isolation", "temperature_identity")
 def intervention_outputs():
     """Every head's sweep tables and gate-check reports."""
     outputs = []
-    for entry in config["intervention"]["heads"]:
+    for entry in intervention_heads():
         head = f"L{entry['layer']}_H{entry['head']}"
         outputs += [f"{RUN}/intervention/{head}/sweep.parquet"]
         outputs += [f"{RUN}/checks/{check}_{head}.json" for check in CHECKS]
     return outputs
 
 
-def final_outputs():
+def aggregate_partials():
+    return [
+        f"{RUN}/aggregate/partials/part_{index:04d}"
+        for index in range(len(CAPTURE_RANGES))
+    ]
+
+
+def atlas_parts():
+    return [
+        f"{RUN}/atlas/part_{index:04d}.parquet" for index in range(len(CAPTURE_RANGES))
+    ]
+
+
+def atlas_scales():
+    return config["atlas"]["scales"] or config["intervention"]["scales"]
+
+
+def atlas_tolerance():
+    """Relative tolerance of the atlas-vs-sweep check, by model dtype (as the gate checks)."""
+    return {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}[
+        config["model"]["dtype"]
+    ]
+
+
+def head_files(template):
+    return [
+        template.format(head=f"L{entry['layer']}_H{entry['head']}")
+        for entry in intervention_heads()
+    ]
+
+
+def sweep_tables(wildcards):
+    return head_files(f"{RUN}/intervention/{{head}}/sweep.parquet")
+
+
+def trend_tables(wildcards):
+    return head_files(f"{RUN}/intervention/{{head}}/trend_analysis.csv")
+
+
+def check_reports(wildcards):
+    """Every gate-check report: the gain analysis runs only once all of them have passed."""
+    return [
+        path
+        for check in CHECKS
+        for path in head_files(f"{RUN}/checks/{check}_{{head}}.json")
+    ]
+
+
+def final_outputs(wildcards):
+    """Everything the default target builds (an input function: with intervention.select: auto
+    the heads are known only after the capture)."""
     outputs = [
         rules.make_shards.output.manifest,
         rules.capture_samples.output.samples,
         *capture_parts(),
         *intervention_outputs(),
+        rules.aggregate.output.database,
+        rules.gain.output.verdict,
+        rules.plots.output.verdict,
     ]
     if config["capture"]["export_csv"]:
         outputs.append(rules.export_capture_csv.output.csv)

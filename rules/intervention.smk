@@ -3,6 +3,21 @@
 # intervention.
 
 
+checkpoint select_heads:
+    input:
+        parts=capture_parts(),
+        code=package_code("selection"),
+    output:
+        heads=f"{RUN}/intervention/selected_heads.json",
+        correlations=f"{RUN}/intervention/head_correlations.csv",
+    log:
+        f"{LOGS}/select_heads.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/select_heads.py"
+
+
 rule intervention_sweep:
     input:
         manifest=rules.make_shards.output.manifest,

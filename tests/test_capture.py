@@ -67,7 +67,7 @@ def reference_metrics(p: np.ndarray, threshold=0.9, skip=2) -> dict[str, np.ndar
     entropy[..., :skip] = np.nan
     cumulative = np.cumsum(-np.sort(-p, axis=-1), axis=-1)
     k_eff = (cumulative < threshold - 1e-6).sum(-1) + 1
-    return {"entropy": entropy, "max_attn": p.max(-1), "k_eff": k_eff}
+    return {"entropy": entropy, "max_attn": p.max(-1), "k_eff": k_eff, "sink_attn": p[..., 0]}
 
 
 def assert_matches(layers, reference_probabilities, query_norms=None):
@@ -76,6 +76,7 @@ def assert_matches(layers, reference_probabilities, query_norms=None):
         got = layers[layer]
         np.testing.assert_allclose(got["entropy"], expected["entropy"], atol=2e-5, rtol=1e-5)
         np.testing.assert_allclose(got["max_attn"], expected["max_attn"], atol=2e-6, rtol=1e-5)
+        np.testing.assert_allclose(got["sink_attn"], expected["sink_attn"], atol=2e-6, rtol=1e-5)
         mismatched = (got["k_eff"].numpy() != expected["k_eff"]).mean()
         assert mismatched <= 0.002, f"layer {layer}: k_eff differs in {mismatched:.2%} of rows"
         if query_norms is not None:

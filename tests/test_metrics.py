@@ -119,6 +119,6 @@ def test_blocks_do_not_change_the_metrics(block_size):
     q, k = torch.randn(2, 3, 50, 8), torch.randn(2, 3, 50, 8)
     whole = blocked_metrics(q, k, 0.35, block_size=50)
     blocked = blocked_metrics(q, k, 0.35, block_size=block_size)
-    for name in ("entropy", "max_attn", "k_eff", "gain_max_attn", "gain_entropy"):
+    for name in ("entropy", "max_attn", "k_eff", "sink_attn", "gain_max_attn", "gain_entropy"):
         torch.testing.assert_close(getattr(blocked, name), getattr(whole, name))
     assert whole.entropy.shape == (2, 3, 50)

@@ -60,27 +60,6 @@ class CaptureSettings:
             raise ValueError(f"capture.rope must be 'pre' or 'post', not {self.rope!r}")
 
 
-def keep_heap_compact(threshold_bytes: int = 4 << 20) -> bool:
-    """Fix glibc's mmap threshold so that large temporaries are unmapped when freed.
-
-    glibc raises the threshold after the first large free; from then on the per-block logits
-    buffers, which grow with the number of keys, come from the heap and fragment it, so peak
-    memory grows faster than linearly in T. A fixed threshold keeps it linear. Returns whether the
-    setting took effect (False off glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return False
-    m_mmap_threshold = -3
-    return bool(mallopt and mallopt(m_mmap_threshold, threshold_bytes) == 1)
-
-
 def check_model_type(model_config: Any) -> None:
     model_type = getattr(model_config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -248,6 +227,17 @@ class AttentionRecorder:
             groups = query.shape[1] // key.shape[1]
             query = query[:, self.heads]
             key = key[:, [head // groups for head in self.heads]]
+        self.record(layer, query, key, scaling, sliding_window)
+
+    def record(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        scaling: float,
+        sliding_window: int | None,
+    ) -> None:
+        """Store what this recorder measures of one layer's (selected) heads."""
         self.layers[layer] = head_metrics(
             query, key, scaling, self.settings, sliding_window=sliding_window
         )
@@ -292,6 +282,7 @@ def head_metrics(
         "entropy": metrics.entropy.reshape(batch, heads, length),
         "max_attn": metrics.max_attn.reshape(batch, heads, length),
         "k_eff": metrics.k_eff.reshape(batch, heads, length),
+        "sink_attn": metrics.sink_attn.reshape(batch, heads, length),
         "gain_max_attn": metrics.gain_max_attn.reshape(batch, heads, length),
         "gain_entropy": metrics.gain_entropy.reshape(batch, heads, length),
     }
@@ -308,6 +299,7 @@ COLUMNS = (
     "entropy",
     "max_attn",
     "k_eff",
+    "sink_attn",
     "gain_max_attn",
     "gain_entropy",
 )
@@ -316,6 +308,7 @@ VALUE_DTYPES = {
     "entropy": np.float32,
     "max_attn": np.float32,
     "k_eff": np.int32,
+    "sink_attn": np.float32,
     "gain_max_attn": np.float32,
     "gain_entropy": np.float32,
 }
@@ -438,7 +431,9 @@ def capture_to_parquet(
             batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
             layers = capture_batch(model, batch, settings)
             columns = to_columns(layers, sample_ids[start : start + batch_size])
-            writer.write_table(pa.table(columns, schema=schema))
+            # from_pandas: an undefined entropy (NaN) is stored as a Parquet null.
+            arrays = [pa.array(columns[f.name], f.type, from_pandas=True) for f in schema]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
             rows += len(columns["sample_id"])
             progress.update(len(batch))
     return rows
@@ -463,7 +458,6 @@ def prepare(
 
     from spectra_attn.samples import load_samples, sample_table
 
-    keep_heap_compact()
     table = sample_table(manifest_path, sample_stop).iloc[sample_start:sample_stop]
     tokens = load_samples(manifest_path, table)
     model_config = AutoConfig.from_pretrained(

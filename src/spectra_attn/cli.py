@@ -71,6 +71,54 @@ def _capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _intervene(args: argparse.Namespace) -> int:
+    import logging
+
+    from spectra_attn.capture import CaptureSettings
+    from spectra_attn.checks import run_check
+    from spectra_attn.intervention import HeadSpec, run_head_sweep
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    manifest = str(_find_manifest(Path(args.shards)))
+    spec = HeadSpec(args.layer, args.head, args.role)
+    settings = CaptureSettings(rope=args.rope)
+    out = Path(args.out)
+    common = dict(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    head_dir = out / spec.name
+    outputs = {
+        "tokens": head_dir / "tokens.parquet",
+        "sweep": head_dir / "sweep.parquet",
+        "seed_csv": head_dir / "q_scale_intervention_results.csv",
+        "trends": head_dir / "trend_analysis.csv",
+    }
+    run_head_sweep(
+        args.model,
+        manifest,
+        spec,
+        args.scales,
+        args.n_samples,
+        settings,
+        {k: str(v) for k, v in outputs.items()},
+        batch_size=args.batch_size,
+        **common,
+    )
+    if args.checks:
+        for check in ("baseline_sanity", "isolation", "temperature_identity"):
+            report_path = out / "checks" / f"{check}_{spec.name}.json"
+            run_check(
+                check,
+                args.model,
+                manifest,
+                spec,
+                args.scales,
+                2,
+                settings,
+                str(report_path),
+                **common,
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectra", description=__doc__)
     parser.add_argument("--version", action="version", version=f"spectra {__version__}")
@@ -122,6 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv", action="store_true", help="also write the seed's attention_metrics_<time>.csv"
     )
     capture.set_defaults(handler=_capture)
+
+    intervene = groups.add_parser(
+        "intervene", help="scale one head's query over a sweep of scales (one batched pass each)"
+    )
+    intervene.add_argument("--model", required=True, help="hub id or local model folder")
+    intervene.add_argument(
+        "--shards", required=True, help="shards directory (manifest.json beside it) or manifest"
+    )
+    intervene.add_argument("--layer", type=int, required=True)
+    intervene.add_argument("--head", type=int, required=True)
+    intervene.add_argument("--role", choices=["target", "control"], default="target")
+    intervene.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
+    intervene.add_argument("--n-samples", type=int, default=64)
+    intervene.add_argument("--out", required=True, help="output folder")
+    intervene.add_argument("--rope", choices=["pre", "post"], default="pre")
+    intervene.add_argument("--batch-size", type=int, default=1, help="samples per sweep pass")
+    intervene.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    intervene.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    intervene.add_argument("--trust-remote-code", action="store_true")
+    intervene.add_argument(
+        "--checks", action="store_true", help="also run the three gate checks (on 2 samples)"
+    )
+    intervene.set_defaults(handler=_intervene)
     return parser
 
 

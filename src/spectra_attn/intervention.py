@@ -215,31 +215,38 @@ def log_expectations(spec: HeadSpec) -> None:
 
 
 def trend_analysis(samples_table: pd.DataFrame) -> pd.DataFrame:
-    """Per metric: the mean over samples at each scale, Spearman ρ of those means against the
-    scale, whether they are strictly monotonic, and whether the direction is the expected one."""
+    """Per head and metric: the mean over samples at each scale, Spearman ρ of those means
+    against the scale, whether they are strictly monotonic, and whether the direction is the
+    expected one."""
     from scipy.stats import spearmanr
 
-    means = samples_table.groupby("scale").mean(numeric_only=True).sort_index()
     rows = []
-    for metric, (expected, strength) in EXPECTED_DIRECTIONS.items():
-        values = means[metric].to_numpy()
-        steps = np.diff(values)
-        increasing, decreasing = bool((steps > 0).all()), bool((steps < 0).all())
-        rho = spearmanr(means.index.to_numpy(), values).statistic if len(values) > 2 else np.nan
-        observed = "increasing" if increasing else "decreasing" if decreasing else "not monotonic"
-        rows.append(
-            {
-                "metric": metric,
-                "expected": expected,
-                "expected_strength": strength,
-                "observed": observed,
-                "spearman_rho": float(rho),
-                "monotonic": increasing or decreasing,
-                "as_expected": observed == expected,
-                "first_scale_mean": float(values[0]),
-                "last_scale_mean": float(values[-1]),
-            }
-        )
+    for (layer, head, role), group in samples_table.groupby(["layer", "head", "role"], sort=True):
+        means = group.groupby("scale").mean(numeric_only=True).sort_index()
+        for metric, (expected, strength) in EXPECTED_DIRECTIONS.items():
+            values = means[metric].to_numpy()
+            steps = np.diff(values)
+            increasing, decreasing = bool((steps > 0).all()), bool((steps < 0).all())
+            rho = spearmanr(means.index.to_numpy(), values).statistic if len(values) > 2 else np.nan
+            observed = (
+                "increasing" if increasing else "decreasing" if decreasing else "not monotonic"
+            )
+            rows.append(
+                {
+                    "layer": int(layer),
+                    "head": int(head),
+                    "role": role,
+                    "metric": metric,
+                    "expected": expected,
+                    "expected_strength": strength,
+                    "observed": observed,
+                    "spearman_rho": float(rho),
+                    "monotonic": increasing or decreasing,
+                    "as_expected": observed == expected,
+                    "first_scale_mean": float(values[0]),
+                    "last_scale_mean": float(values[-1]),
+                }
+            )
     return pd.DataFrame(rows)
 
 

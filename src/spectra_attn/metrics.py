@@ -8,6 +8,7 @@ pⱼ = softmax(z)ⱼ:
 * ``k_eff``     the smallest k such that the k largest pⱼ sum to at least τ (``k_eff_threshold``);
                 sums within ``K_EFF_TOLERANCE`` of τ count as reaching it, so that ties exactly at
                 the threshold (a uniform row of 10 keys and τ = 0.9 gives 9) survive float rounding
+* ``sink_attn``  p₀, the weight on key position 0 (the attention sink, BOS in Spectra's shards)
 * ``gain_max_attn``  d max_attn / d ln s = p_max · (z_max − E_p[z])
 * ``gain_entropy``   d H / d ln s = −Var_p(z)
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 K_EFF_TOLERANCE = 1e-6
-METRIC_NAMES = ("entropy", "max_attn", "k_eff", "gain_max_attn", "gain_entropy")
+METRIC_NAMES = ("entropy", "max_attn", "k_eff", "sink_attn", "gain_max_attn", "gain_entropy")
 # Masked logits get this finite value rather than −inf: softmax gives them exactly 0, and
 # 0 · MASKED_LOGIT stays 0 where 0 · (−inf) would be NaN, so E_p[z] and E_p[z²] need no where().
 MASKED_LOGIT = -1e15
@@ -37,12 +38,13 @@ class RowMetrics:
     entropy: torch.Tensor
     max_attn: torch.Tensor
     k_eff: torch.Tensor
+    sink_attn: torch.Tensor
     gain_max_attn: torch.Tensor
     gain_entropy: torch.Tensor
 
 
 def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetrics:
-    """Metrics of each row of ``logits`` (``[..., keys]``), in float32.
+    """Metrics of each row of ``logits`` (``[..., keys]``, key 0 first), in float32.
 
     Masked keys hold −inf or :data:`MASKED_LOGIT`; every row needs at least one visible key.
     """
@@ -56,6 +58,7 @@ def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetric
         entropy=-max_attn.log() - mean_z,  # logsumexp(z) − E_p[z]
         max_attn=max_attn,
         k_eff=keys_for_mass(p, k_eff_threshold),
+        sink_attn=p[..., 0],
         gain_max_attn=max_attn * -mean_z,  # p_max · (z_max − E_p[z])
         gain_entropy=-(mean_z2 - mean_z.square()).clamp(min=0.0),  # −Var_p(z)
     )
@@ -119,10 +122,13 @@ def blocked_metrics(
     """
     length = query.shape[-2]
     parts: list[RowMetrics] = []
-    for start in range(0, length, block_size):
+    # Last block first: the buffers only shrink from one block to the next, so the allocator
+    # reuses the first (largest) ones instead of fragmenting the heap with ever larger requests.
+    for start in reversed(range(0, length, block_size)):
         block = query[..., start : start + block_size, :]
         logits = causal_logits(block, key, scaling, start, sliding_window)
         parts.append(row_metrics(logits, k_eff_threshold))
+    parts.reverse()
     return RowMetrics(
         *(torch.cat([getattr(p, name) for p in parts], dim=-1) for name in METRIC_NAMES)
     )

@@ -1,0 +1,153 @@
+# Stage 4b/5: the gain atlas of every head (temperature rescaling, one job per capture range), the
+# gain analysis of the intervened heads — gated by every check report — the figures, wrapped for
+# `snakemake --report`.
+
+
+rule atlas:
+    input:
+        manifest=rules.make_shards.output.manifest,
+        model=model_inputs(),
+        code=package_code("atlas", "gain", "capture", "metrics", "samples", "shards"),
+    output:
+        part=f"{RUN}/atlas/part_{{part}}.parquet",
+    log:
+        f"{LOGS}/atlas/part_{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/atlas/part_{{part}}.tsv"
+    wildcard_constraints:
+        part=r"\d{4}",
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        model=model_path,
+        dtype=config["model"]["dtype"],
+        revision=config["model"]["revision"],
+        trust_remote_code=config["model"]["trust_remote_code"],
+        device=config["device"],
+        sample_range=capture_sample_range,
+        scales=atlas_scales(),
+        capture=capture_settings(),
+        batch_size=config["capture"]["batch_size"],
+    script:
+        "../workflow_scripts/atlas.py"
+
+
+rule check_atlas_vs_sweep:
+    input:
+        atlas=atlas_parts(),
+        sweeps=sweep_tables,
+        code=package_code("atlas"),
+    output:
+        report=f"{RUN}/checks/atlas_vs_sweep.json",
+    log:
+        f"{LOGS}/checks/atlas_vs_sweep.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        tolerance=atlas_tolerance(),
+    script:
+        "../workflow_scripts/check_atlas_vs_sweep.py"
+
+
+rule atlas_gain:
+    input:
+        parts=atlas_parts(),
+        code=package_code("atlas", "gain"),
+    output:
+        gains=f"{RUN}/atlas/atlas_gain.csv",
+    log:
+        f"{LOGS}/atlas/gain.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/atlas_gain.py"
+
+
+rule gain:
+    input:
+        sweeps=sweep_tables,
+        trends=trend_tables,
+        checks=check_reports,
+        atlas_check=rules.check_atlas_vs_sweep.output.report,
+        atlas=rules.atlas_gain.output.gains,
+        code=package_code("gain", "intervention"),
+    output:
+        summary=f"{RUN}/gain/gain_summary.csv",
+        verdict=f"{RUN}/gain/verdict.json",
+    log:
+        f"{LOGS}/gain.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        bootstrap_samples=config["gain"]["bootstrap_samples"],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/gain.py"
+
+
+rule plots:
+    input:
+        sweeps=sweep_tables,
+        gain=rules.gain.output.summary,
+        verdict=rules.gain.output.verdict,
+        head_summary=rules.aggregate.output.head_summary,
+        positions=rules.aggregate.output.position_profile,
+        atlas=rules.atlas_gain.output.gains,
+        code=package_code("plots"),
+    output:
+        panels=report(
+            f"{RUN}/plots/intervention_panels.png",
+            caption="../report/intervention_panels.rst",
+            category="Intervention",
+        ),
+        downstream=report(
+            f"{RUN}/plots/downstream_effects.png",
+            caption="../report/downstream_effects.rst",
+            category="Intervention",
+        ),
+        comparison=report(
+            f"{RUN}/plots/gain_comparison.png",
+            caption="../report/gain_comparison.rst",
+            category="Gain",
+        ),
+        atlas=report(
+            f"{RUN}/plots/heatmap_atlas_gain.png",
+            caption="../report/heatmap_atlas_gain.rst",
+            category="Gain",
+        ),
+        correlation=report(
+            f"{RUN}/plots/heatmap_phase0_correlation.png",
+            caption="../report/heatmap_phase0_correlation.rst",
+            category="Capture",
+        ),
+        heatmaps=report(
+            directory(f"{RUN}/plots/metric_heatmaps"),
+            patterns=["{name}.png"],
+            caption="../report/metric_heatmaps.rst",
+            category="Capture",
+        ),
+        positions=report(
+            f"{RUN}/plots/position_profiles.png",
+            caption="../report/position_profiles.rst",
+            category="Capture",
+        ),
+        gain_fits=report(
+            directory(f"{RUN}/plots/gain_fits"),
+            patterns=["{name}.png"],
+            caption="../report/gain_fits.rst",
+            category="Gain",
+        ),
+        verdict=report(
+            f"{RUN}/plots/verdict.html",
+            caption="../report/verdict.rst",
+            category="Verdict",
+        ),
+    log:
+        f"{LOGS}/plots.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/plots.py"

@@ -1,0 +1,297 @@
+"""Aggregation of capture Parquet parts in DuckDB, as map (one partial per capture part) and
+reduce (merge of the partials), so it runs on many machines and past one machine's memory.
+
+Partials merge exactly:
+* per (layer, head) and metric: count n, mean and M2 = Σ(x − mean)², merged with Chan et al.'s
+  formula  n = Σnᵢ,  mean = Σnᵢ·meanᵢ / n,  M2 = Σ[M2ᵢ + nᵢ(meanᵢ − mean)²];
+* the co-moment C = Σ(x − x̄)(y − ȳ) of query_norm and entropy over rows where both are defined,
+  merged the same way (C = Σ[Cᵢ + nᵢ(x̄ᵢ − x̄)(ȳᵢ − ȳ)]), giving Pearson's r = C / √(M2ₓ·M2ᵧ);
+* fixed-bin histograms (bin edges fixed in advance, so counts add): quantiles of k_eff are exact
+  (one bin per integer), the others are read off the histogram to within one bin width;
+* per-position sums and counts.
+Spearman's ρ needs every row's rank, which no partial carries: the reduce step computes it from
+the parts themselves with DuckDB window functions (which spill to disk past memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("query_norm", "entropy", "max_attn", "k_eff", "sink_attn")
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUERY_NORM_RANGE = (1e-3, 1e4)  # log-spaced bins; values outside land in the end bins
+
+
+def histogram_edges(metric: str, context_length: int, bins: int) -> np.ndarray:
+    """Fixed bin edges of ``metric`` (``bins + 1`` edges; k_eff: one bin per integer)."""
+    if metric == "k_eff":
+        return np.arange(0.5, context_length + 1.5)
+    if metric == "query_norm":
+        return np.geomspace(*QUERY_NORM_RANGE, bins + 1)
+    upper = math.log(context_length) if metric == "entropy" else 1.0
+    return np.linspace(0.0, upper, bins + 1)
+
+
+def _bin_expression(metric: str, edges: np.ndarray) -> str:
+    """SQL for the bin index of ``metric``, clamped into [0, len(edges) − 2]."""
+    last = len(edges) - 2
+    if metric == "k_eff":
+        raw = "k_eff - 1"
+    elif metric == "query_norm":
+        lo, hi = math.log(float(edges[0])), math.log(float(edges[-1]))
+        raw = f"floor((ln(greatest(query_norm, 1e-30)) - {lo!r}) / {(hi - lo) / (last + 1)!r})"
+    else:
+        lo, hi = float(edges[0]), float(edges[-1])
+        raw = f"floor(({metric} - {lo!r}) / {(hi - lo) / (last + 1)!r})"
+    return f"least(greatest(TRY_CAST({raw} AS BIGINT), 0), {last})"
+
+
+def _connect(path: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for the capture rows. Statistics propagation is off: it folds
+    ``isnan(x)`` to false from Parquet min/max statistics, which ignore NaN, so NaNs would slip
+    through as values (seen with DuckDB 2.0)."""
+    con = duckdb.connect(path)
+    con.execute("SET disabled_optimizers = 'statistics_propagation'")
+    return con
+
+
+def _rows_sql(files: list[str]) -> str:
+    """The capture rows of ``files`` with float NaNs (undefined entropy) read as NULL."""
+    listed = ", ".join(f"'{f}'" for f in files)
+    cleaned = ", ".join(
+        f"CASE WHEN isnan({m}) THEN NULL ELSE {m} END AS {m}" if m != "k_eff" else m
+        for m in METRICS
+    )
+    return f"SELECT layer, head, token_pos, {cleaned} FROM read_parquet([{listed}])"
+
+
+def partial_aggregate(
+    part: str, out_dir: str | Path, context_length: int, bins: int = 1000
+) -> None:
+    """Map step: the mergeable aggregates of one capture part, as three Parquet files in
+    ``out_dir`` (moments.parquet, histograms.parquet, positions.parquet), written atomically
+    (into a temporary folder that replaces ``out_dir``)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    con = _connect()
+    con.execute(f"CREATE VIEW part AS {_rows_sql([part])}")
+    moments = ", ".join(
+        f"count({m}) AS {m}_n, avg({m}) AS {m}_mean, "
+        f"coalesce(var_pop({m}), 0) * count({m}) AS {m}_m2"
+        for m in METRICS
+    )
+    paired = "query_norm IS NOT NULL AND entropy IS NOT NULL"
+    con.execute(
+        f"""COPY (
+            SELECT layer, head, count(*) AS rows, {moments},
+                count(*) FILTER (WHERE {paired}) AS pair_n,
+                avg(query_norm) FILTER (WHERE {paired}) AS pair_mean_x,
+                avg(entropy) FILTER (WHERE {paired}) AS pair_mean_y,
+                coalesce(var_pop(query_norm) FILTER (WHERE {paired}), 0)
+                    * count(*) FILTER (WHERE {paired}) AS pair_m2_x,
+                coalesce(var_pop(entropy) FILTER (WHERE {paired}), 0)
+                    * count(*) FILTER (WHERE {paired}) AS pair_m2_y,
+                coalesce(covar_pop(query_norm, entropy) FILTER (WHERE {paired}), 0)
+                    * count(*) FILTER (WHERE {paired}) AS pair_c
+            FROM part GROUP BY layer, head ORDER BY layer, head
+        ) TO '{tmp / "moments.parquet"}' (FORMAT parquet)"""
+    )
+    histogram_queries = [
+        f"""SELECT layer, head, '{m}' AS metric, bin, count(*) AS count FROM (
+                SELECT layer, head,
+                    {_bin_expression(m, histogram_edges(m, context_length, bins))} AS bin
+                FROM part WHERE {m} IS NOT NULL)
+            WHERE bin IS NOT NULL GROUP BY ALL"""
+        for m in METRICS
+    ]
+    con.execute(
+        f"""COPY ({" UNION ALL ".join(histogram_queries)} ORDER BY metric, layer, head, bin)
+            TO '{tmp / "histograms.parquet"}' (FORMAT parquet)"""
+    )
+    sums = ", ".join(f"count({m}) AS {m}_n, sum({m}) AS {m}_sum" for m in METRICS)
+    con.execute(
+        f"""COPY (
+            SELECT layer, head, token_pos, {sums} FROM part
+            GROUP BY layer, head, token_pos ORDER BY layer, head, token_pos
+        ) TO '{tmp / "positions.parquet"}' (FORMAT parquet)"""
+    )
+    con.close()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def _merge_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Chan's merge of the per-part moments (view ``moments``)."""
+    columns = []
+    for m in METRICS:
+        columns.append(f"sum({m}_n) AS {m}_count")
+        columns.append(f"sum({m}_n * {m}_mean) / nullif(sum({m}_n), 0) AS {m}_mean")
+    merged = ", ".join(columns)
+    con.execute(
+        f"""CREATE TABLE merged AS
+            SELECT layer, head, sum(rows) AS rows, {merged},
+                sum(pair_n) AS pair_n,
+                sum(pair_n * pair_mean_x) / nullif(sum(pair_n), 0) AS pair_mean_x,
+                sum(pair_n * pair_mean_y) / nullif(sum(pair_n), 0) AS pair_mean_y
+            FROM moments GROUP BY layer, head"""
+    )
+    m2 = ", ".join(
+        f"sum(p.{m}_m2 + p.{m}_n * power(coalesce(p.{m}_mean, 0) - coalesce(g.{m}_mean, 0), 2))"
+        f" AS {m}_m2"
+        for m in METRICS
+    )
+    return con.execute(
+        f"""SELECT g.*, {m2},
+                sum(p.pair_m2_x + p.pair_n * power(coalesce(p.pair_mean_x - g.pair_mean_x, 0), 2))
+                    AS pair_m2_x,
+                sum(p.pair_m2_y + p.pair_n * power(coalesce(p.pair_mean_y - g.pair_mean_y, 0), 2))
+                    AS pair_m2_y,
+                sum(p.pair_c + p.pair_n * coalesce((p.pair_mean_x - g.pair_mean_x)
+                    * (p.pair_mean_y - g.pair_mean_y), 0)) AS pair_c
+            FROM moments p JOIN merged g USING (layer, head)
+            GROUP BY ALL ORDER BY layer, head"""
+    ).df()
+
+
+def histogram_quantiles(
+    counts: np.ndarray, edges: np.ndarray, quantiles=QUANTILES, discrete: bool = False
+) -> np.ndarray:
+    """Quantiles of the values behind ``counts`` ([groups, bins]), defined as numpy's default:
+    linear interpolation between the order statistics around position q·(n − 1).
+
+    Each order statistic is located in its bin; ``discrete`` bins hold a single value (their
+    centre), so the result is exact; otherwise the c values of a bin are taken as evenly spread
+    inside it, so each order statistic, and the quantile, is off by less than one bin width.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    cumulative = np.cumsum(counts, axis=1)
+    total = cumulative[:, -1]
+    rows = np.arange(counts.shape[0])
+
+    def order_statistic(k: np.ndarray) -> np.ndarray:
+        index = np.argmax(cumulative > k[:, None], axis=1)
+        if discrete:
+            return (edges[index] + edges[index + 1]) / 2
+        before = np.where(index > 0, cumulative[rows, index - 1], 0.0)
+        inside = np.maximum(counts[rows, index], 1.0)
+        fraction = (k - before + 0.5) / inside
+        return edges[index] + fraction * (edges[index + 1] - edges[index])
+
+    result = np.full((counts.shape[0], len(quantiles)), np.nan)
+    for j, q in enumerate(quantiles):
+        position = q * np.maximum(total - 1, 0)
+        low, high = np.floor(position), np.ceil(position)
+        value_low, value_high = order_statistic(low), order_statistic(high)
+        result[:, j] = value_low + (position - low) * (value_high - value_low)
+    result[total == 0] = np.nan
+    return result
+
+
+def reduce_aggregates(
+    partial_dirs: list[str],
+    parts: list[str],
+    database: str | Path,
+    exports_dir: str | Path,
+    context_length: int,
+    bins: int = 1000,
+) -> pd.DataFrame:
+    """Reduce step: merge the partials into ``database`` (DuckDB; tables head_summary,
+    position_profile, histograms) and export the summaries as Parquet and CSV. ``parts`` (the
+    capture parts) are read only for Spearman's ρ. Returns head_summary."""
+    database, exports_dir = Path(database), Path(exports_dir)
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    tmp_db = database.parent / f".{database.name}.tmp-{os.getpid()}"
+    tmp_db.unlink(missing_ok=True)
+    con = _connect(str(tmp_db))
+    for name in ("moments", "histograms", "positions"):
+        files = ", ".join(f"'{Path(d) / f'{name}.parquet'}'" for d in partial_dirs)
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
+
+    summary = _merge_moments(con)
+    for m in METRICS:
+        summary[f"{m}_std"] = np.sqrt(summary[f"{m}_m2"] / summary[f"{m}_count"])
+    summary["pearson_qn_entropy"] = summary["pair_c"] / np.sqrt(
+        summary["pair_m2_x"] * summary["pair_m2_y"]
+    )
+    summary["sink_share"] = summary["sink_attn_mean"]
+
+    histograms = con.execute(
+        "SELECT metric, layer, head, bin, sum(count) AS count FROM histograms GROUP BY ALL"
+    ).df()
+    keys = summary[["layer", "head"]]
+    for m in METRICS:
+        edges = histogram_edges(m, context_length, bins)
+        table = histograms[histograms.metric == m].pivot_table(
+            index=["layer", "head"], columns="bin", values="count", fill_value=0
+        )
+        counts = np.zeros((len(keys), len(edges) - 1))
+        rows = table.reindex(pd.MultiIndex.from_frame(keys), fill_value=0)
+        counts[:, rows.columns.to_numpy(int)] = rows.to_numpy()
+        values = histogram_quantiles(counts, edges, discrete=(m == "k_eff"))
+        for j, q in enumerate(QUANTILES):
+            summary[f"{m}_q{round(q * 100):02d}"] = values[:, j]
+
+    summary = summary.merge(spearman(con, parts), on=["layer", "head"], how="left")
+    keep = ["layer", "head", "rows"]
+    for m in METRICS:
+        keep += [f"{m}_count", f"{m}_mean", f"{m}_std"]
+        keep += [f"{m}_q{round(q * 100):02d}" for q in QUANTILES]
+    keep += ["pearson_qn_entropy", "spearman_qn_entropy", "sink_share"]
+    summary = summary[keep]
+    con.register("summary_frame", summary)
+    con.execute("CREATE TABLE head_summary AS SELECT * FROM summary_frame")
+    means = ", ".join(f"sum({m}_sum) / nullif(sum({m}_n), 0) AS {m}" for m in METRICS)
+    con.execute(
+        f"""CREATE TABLE position_profile AS
+            SELECT layer, head, token_pos, {means} FROM positions
+            GROUP BY ALL ORDER BY layer, head, token_pos"""
+    )
+    con.execute(
+        """CREATE TABLE histogram_counts AS SELECT metric, layer, head, bin, sum(count) AS count
+           FROM histograms GROUP BY ALL ORDER BY ALL"""
+    )
+    for name in ("moments", "histograms", "positions"):  # views onto files outside the database
+        con.execute(f"DROP VIEW {name}")
+    con.execute("DROP TABLE merged")
+    for table in ("head_summary", "position_profile"):
+        for extension, options in (("parquet", "FORMAT parquet"), ("csv", "HEADER")):
+            target = exports_dir / f"{table}.{extension}"
+            staging = exports_dir / f".{table}.{extension}.tmp"
+            con.execute(f"COPY {table} TO '{staging}' ({options})")
+            os.replace(staging, target)
+    con.close()
+    os.replace(tmp_db, database)
+    logger.info("aggregated %d heads from %d partials", len(summary), len(partial_dirs))
+    return summary
+
+
+def spearman(con: duckdb.DuckDBPyConnection, parts: list[str]) -> pd.DataFrame:
+    """Spearman ρ(query_norm, entropy) per (layer, head) over every row with a defined entropy:
+    Pearson's r of average ranks, computed by DuckDB from the capture parts."""
+    return con.execute(
+        f"""WITH rows AS (
+                SELECT layer, head, query_norm, entropy FROM ({_rows_sql(parts)})
+                WHERE entropy IS NOT NULL AND query_norm IS NOT NULL),
+            ranked AS (
+                SELECT layer, head,
+                    rank() OVER (PARTITION BY layer, head ORDER BY query_norm)
+                    + (count(*) OVER (PARTITION BY layer, head, query_norm) - 1) / 2.0 AS rx,
+                    rank() OVER (PARTITION BY layer, head ORDER BY entropy)
+                    + (count(*) OVER (PARTITION BY layer, head, entropy) - 1) / 2.0 AS ry
+                FROM rows)
+            SELECT layer, head, corr(rx, ry) AS spearman_qn_entropy
+            FROM ranked GROUP BY layer, head ORDER BY layer, head"""
+    ).df()

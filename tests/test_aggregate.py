@@ -1,0 +1,134 @@
+"""DuckDB map/reduce aggregation against pandas/numpy/scipy on the same rows."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.stats
+
+from spectra_attn.aggregate import (
+    METRICS,
+    histogram_edges,
+    partial_aggregate,
+    reduce_aggregates,
+)
+
+T = 32
+BINS = 400
+
+
+def synthetic_part(seed: int, samples: range) -> pd.DataFrame:
+    generator = np.random.default_rng(seed)
+    rows = []
+    for sample in samples:
+        for layer in range(2):
+            for head in range(3):
+                norm = generator.gamma(2.0 + head, 1.0, size=T).astype(np.float32)
+                entropy = (np.log(np.arange(1, T + 1)) * (0.3 + 0.2 * head) + 0.1 * norm).astype(
+                    np.float32
+                )
+                entropy[:2] = np.nan
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "sample_id": np.int32(sample),
+                            "layer": np.int16(layer),
+                            "head": np.int16(head),
+                            "token_pos": np.arange(T, dtype=np.int32),
+                            "query_norm": norm,
+                            "entropy": entropy,
+                            "max_attn": generator.beta(2, 5, size=T).astype(np.float32),
+                            "k_eff": generator.integers(1, np.arange(1, T + 1) + 1).astype(
+                                np.int32
+                            ),
+                            "sink_attn": generator.beta(1, 3, size=T).astype(np.float32),
+                            "gain_max_attn": np.float32(0),
+                            "gain_entropy": np.float32(0),
+                        }
+                    )
+                )
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def aggregated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("aggregate")
+    frames = [synthetic_part(0, range(0, 3)), synthetic_part(1, range(3, 8))]
+    parts, partials = [], []
+    for index, frame in enumerate(frames):
+        part = tmp / f"part_{index:04d}.parquet"
+        # The first part stores undefined entropy as NaN, the second as null: both must work.
+        table = pa.table({name: pa.array(frame[name], from_pandas=index == 1) for name in frame})
+        pq.write_table(table, part)
+        parts.append(str(part))
+        partials.append(str(tmp / "partials" / f"part_{index:04d}"))
+        partial_aggregate(str(part), partials[-1], context_length=T, bins=BINS)
+    summary = reduce_aggregates(
+        partials, parts, tmp / "spectra.duckdb", tmp / "exports", context_length=T, bins=BINS
+    )
+    return pd.concat(frames, ignore_index=True), summary.set_index(["layer", "head"]), tmp
+
+
+def test_moments_and_correlations_equal_pandas(aggregated):
+    rows, summary, _ = aggregated
+    for (layer, head), group in rows.groupby(["layer", "head"]):
+        got = summary.loc[(layer, head)]
+        assert got["rows"] == len(group)
+        for m in METRICS:
+            values = group[m].dropna().to_numpy(np.float64)
+            assert got[f"{m}_count"] == len(values)
+            assert got[f"{m}_mean"] == pytest.approx(values.mean(), rel=1e-9)
+            assert got[f"{m}_std"] == pytest.approx(values.std(ddof=0), rel=1e-7)
+        paired = group.dropna(subset=["entropy"])
+        x, y = paired.query_norm.astype(np.float64), paired.entropy.astype(np.float64)
+        assert got["pearson_qn_entropy"] == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-9)
+        assert got["spearman_qn_entropy"] == pytest.approx(
+            scipy.stats.spearmanr(x, y).statistic, rel=1e-9
+        )
+        assert got["sink_share"] == pytest.approx(group.sink_attn.astype(np.float64).mean())
+
+
+def test_quantiles_exact_for_k_eff_and_within_a_bin_otherwise(aggregated):
+    rows, summary, _ = aggregated
+    for (layer, head), group in rows.groupby(["layer", "head"]):
+        got = summary.loc[(layer, head)]
+        for q in (0.05, 0.25, 0.5, 0.75, 0.95):
+            key = f"q{round(q * 100):02d}"
+            assert got[f"k_eff_{key}"] == pytest.approx(np.quantile(group.k_eff, q))
+            for m in ("entropy", "max_attn", "sink_attn"):
+                width = np.diff(histogram_edges(m, T, BINS))[0]
+                expected = np.quantile(group[m].dropna(), q)
+                assert abs(got[f"{m}_{key}"] - expected) <= width, (m, q)
+
+
+def test_partials_merge_like_one_part(tmp_path, aggregated):
+    """Merging two partials gives what one partial of all the rows gives."""
+    rows, summary, _ = aggregated
+    whole = tmp_path / "whole.parquet"
+    rows.to_parquet(whole)
+    partial_aggregate(str(whole), tmp_path / "p", context_length=T, bins=BINS)
+    single = reduce_aggregates(
+        [str(tmp_path / "p")], [str(whole)], tmp_path / "db.duckdb", tmp_path / "x", T, BINS
+    ).set_index(["layer", "head"])
+    pd.testing.assert_frame_equal(single, summary, check_exact=False, rtol=1e-9)
+
+
+def test_database_and_exports(aggregated):
+    rows, summary, tmp = aggregated
+    con = duckdb.connect(str(tmp / "spectra.duckdb"), read_only=True)
+    tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
+    assert {"head_summary", "position_profile", "histogram_counts"} <= tables
+    profile = con.execute(
+        "SELECT * FROM position_profile WHERE layer = 1 AND head = 2 ORDER BY token_pos"
+    ).df()
+    expected = rows[(rows.layer == 1) & (rows["head"] == 2)].groupby("token_pos").max_attn.mean()
+    np.testing.assert_allclose(profile.max_attn, expected, rtol=1e-6)
+    assert profile.entropy.isna().sum() == 2
+    con.close()
+    csv = pd.read_csv(tmp / "exports" / "head_summary.csv")
+    assert len(csv) == 6 and "spearman_qn_entropy" in csv.columns
+    assert len(pd.read_parquet(tmp / "exports" / "position_profile.parquet")) == 6 * T

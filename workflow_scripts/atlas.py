@@ -1,0 +1,33 @@
+"""Snakemake adapter: per-sample gain metrics of every head at every scale, for one sample range."""
+
+import torch
+
+from spectra_attn.atlas import run_atlas
+from spectra_attn.capture import CaptureSettings
+
+
+def main(snakemake) -> None:
+    torch.set_num_threads(snakemake.threads)
+    params = snakemake.params
+    start, stop = params.sample_range
+    run_atlas(
+        params.model,
+        snakemake.input.manifest,
+        snakemake.output.part,
+        sample_start=start,
+        sample_stop=stop,
+        settings=CaptureSettings(**params.capture),
+        scales=params.scales,
+        batch_size=params.batch_size,
+        device=params.device,
+        dtype=params.dtype,
+        revision=params.revision,
+        trust_remote_code=params.trust_remote_code,
+    )
+
+
+if __name__ == "__main__":
+    from spectra_attn.workflow import setup_logging
+
+    setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
+    main(snakemake)  # noqa: F821

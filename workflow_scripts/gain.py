@@ -1,0 +1,36 @@
+"""Snakemake adapter: OLS gains of the intervened heads, the bootstrap ratio and the verdict."""
+
+import logging
+
+import pandas as pd
+
+from spectra_attn.gain import head_gains, verdict
+from spectra_attn.io import atomic_path, write_json
+
+
+def main(snakemake) -> None:
+    sweep = pd.concat([pd.read_parquet(p) for p in snakemake.input.sweeps], ignore_index=True)
+    trends = pd.concat([pd.read_csv(p) for p in snakemake.input.trends], ignore_index=True)
+    gains = head_gains(sweep)
+    result = verdict(
+        sweep,
+        trends,
+        gains,
+        n_boot=snakemake.params.bootstrap_samples,
+        seed=snakemake.params.seed,
+    )
+    atlas = pd.read_csv(snakemake.input.atlas).set_index(["layer", "head"])
+    target = (result["target"]["layer"], result["target"]["head"])
+    result["target_percentile"] = float(atlas.loc[target, "percentile_max_attn"])
+    result["heads_in_atlas"] = len(atlas)
+    logging.getLogger("spectra_attn.gain").info("verdict: %s", result)
+    with atomic_path(snakemake.output.summary) as tmp:
+        gains.to_csv(tmp, index=False)
+    write_json(snakemake.output.verdict, result)
+
+
+if __name__ == "__main__":
+    from spectra_attn.workflow import setup_logging
+
+    setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,23 @@
+"""Snakemake adapter: target and control heads from the capture's query_norm–entropy correlation."""
+
+import logging
+
+from spectra_attn.io import atomic_path, write_json
+from spectra_attn.selection import head_correlations, select_heads
+
+
+def main(snakemake) -> None:
+    correlations = head_correlations(list(snakemake.input.parts))
+    heads = select_heads(correlations)
+    for head in heads:
+        logging.getLogger("spectra_attn.selection").info("selected %s", head)
+    with atomic_path(snakemake.output.correlations) as tmp:
+        correlations.to_csv(tmp, index=False)
+    write_json(snakemake.output.heads, {"heads": heads})
+
+
+if __name__ == "__main__":
+    from spectra_attn.workflow import setup_logging
+
+    setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
+    main(snakemake)  # noqa: F821
