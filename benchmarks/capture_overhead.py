@@ -242,7 +242,7 @@ def main() -> None:
     first.set_defaults(handler=overhead)
     second = commands.add_parser("long-context")
     second.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    second.add_argument("--block", type=int, default=256)
+    second.add_argument("--block", type=int, default=128)
     second.add_argument("--threads", type=int, default=2)
     second.set_defaults(handler=long_context)
     child = commands.add_parser("one-length")

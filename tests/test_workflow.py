@@ -129,6 +129,41 @@ def test_sweeps_and_checks_of_every_configured_head(demo_run):
         assert log.index("expected as the query") < log.index(f"observed for {head}")
 
 
+def test_analysis_outputs_and_report(demo_run):
+    import duckdb
+    import pandas as pd
+
+    workdir, _, _ = demo_run
+    run = workdir / "results" / "demo"
+    con = duckdb.connect(str(run / "aggregate" / "spectra.duckdb"), read_only=True)
+    summary = con.execute("SELECT * FROM head_summary").df()
+    con.close()
+    assert len(summary) == 4 * 8 and summary.spearman_qn_entropy.between(-1, 1).all()
+    assert (summary.rows == 64 * 512).all()
+    verdict = json.loads((run / "gain" / "verdict.json").read_text())
+    assert {"gain_ratio", "ratio_ci_low", "ratio_ci_high", "verdict", "target_percentile"} <= set(
+        verdict
+    )
+    assert verdict["ratio_ci_low"] <= verdict["gain_ratio"] <= verdict["ratio_ci_high"]
+    gains = pd.read_csv(run / "gain" / "gain_summary.csv")
+    assert set(gains.metric) == {"max_attn", "entropy", "k_eff"} and len(gains) == 6
+    assert json.loads((run / "checks" / "atlas_vs_sweep.json").read_text())["passed"]
+    assert len(pd.read_csv(run / "atlas" / "atlas_gain.csv")) == 32
+    for name in (
+        "intervention_panels",
+        "gain_comparison",
+        "heatmap_atlas_gain",
+        "position_profiles",
+    ):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 1000
+        assert (run / "plots" / f"{name}.svg").is_file()
+    assert (run / "plots" / "gain_fits" / "gain_fit_L2_H0.png").is_file()
+    result = snakemake(workdir, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (workdir / "report.html").read_text(errors="ignore")
+    assert "Verdict" in html and "Gain" in html
+
+
 def test_changing_one_heads_scales_reruns_only_that_head(demo_run, tmp_path):
     workdir, _, _ = demo_run
     mine = tmp_path / "mine.yaml"

@@ -86,7 +86,8 @@ def partial_aggregate(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     con = _connect()
-    con.execute(f"CREATE VIEW part AS {_rows_sql([part])}")
+    # Decompress the part once: the three queries below would each scan the Parquet file again.
+    con.execute(f"CREATE TABLE part AS {_rows_sql([part])}")
     moments = ", ".join(
         f"count({m}) AS {m}_n, avg({m}) AS {m}_mean, "
         f"coalesce(var_pop({m}), 0) * count({m}) AS {m}_m2"
@@ -117,7 +118,7 @@ def partial_aggregate(
         for m in METRICS
     ]
     con.execute(
-        f"""COPY ({" UNION ALL ".join(histogram_queries)} ORDER BY metric, layer, head, bin)
+        f"""COPY ({" UNION ALL ".join(histogram_queries)})
             TO '{tmp / "histograms.parquet"}' (FORMAT parquet)"""
     )
     sums = ", ".join(f"count({m}) AS {m}_n, sum({m}) AS {m}_sum" for m in METRICS)
@@ -231,15 +232,17 @@ def reduce_aggregates(
     histograms = con.execute(
         "SELECT metric, layer, head, bin, sum(count) AS count FROM histograms GROUP BY ALL"
     ).df()
-    keys = summary[["layer", "head"]]
+    row_of = {key: i for i, key in enumerate(zip(summary["layer"], summary["head"], strict=True))}
     for m in METRICS:
         edges = histogram_edges(m, context_length, bins)
-        table = histograms[histograms.metric == m].pivot_table(
-            index=["layer", "head"], columns="bin", values="count", fill_value=0
+        table = histograms[histograms.metric == m]
+        rows = np.fromiter(
+            (row_of[key] for key in zip(table["layer"], table["head"], strict=True)),
+            dtype=np.int64,
+            count=len(table),
         )
-        counts = np.zeros((len(keys), len(edges) - 1))
-        rows = table.reindex(pd.MultiIndex.from_frame(keys), fill_value=0)
-        counts[:, rows.columns.to_numpy(int)] = rows.to_numpy()
+        counts = np.zeros((len(summary), len(edges) - 1))
+        np.add.at(counts, (rows, table["bin"].to_numpy(np.int64)), table["count"].to_numpy())
         values = histogram_quantiles(counts, edges, discrete=(m == "k_eff"))
         for j, q in enumerate(QUANTILES):
             summary[f"{m}_q{round(q * 100):02d}"] = values[:, j]
@@ -281,17 +284,20 @@ def reduce_aggregates(
 def spearman(con: duckdb.DuckDBPyConnection, parts: list[str]) -> pd.DataFrame:
     """Spearman ρ(query_norm, entropy) per (layer, head) over every row with a defined entropy:
     Pearson's r of average ranks, computed by DuckDB from the capture parts."""
+    # Average rank of ties = (lowest rank + highest rank) / 2, and the highest rank is
+    # cume_dist · n: both come from the same ordered window, one sort per variable.
     return con.execute(
         f"""WITH rows AS (
                 SELECT layer, head, query_norm, entropy FROM ({_rows_sql(parts)})
                 WHERE entropy IS NOT NULL AND query_norm IS NOT NULL),
             ranked AS (
                 SELECT layer, head,
-                    rank() OVER (PARTITION BY layer, head ORDER BY query_norm)
-                    + (count(*) OVER (PARTITION BY layer, head, query_norm) - 1) / 2.0 AS rx,
-                    rank() OVER (PARTITION BY layer, head ORDER BY entropy)
-                    + (count(*) OVER (PARTITION BY layer, head, entropy) - 1) / 2.0 AS ry
-                FROM rows)
+                    (rank() OVER by_x + cume_dist() OVER by_x * count(*) OVER head) / 2.0 AS rx,
+                    (rank() OVER by_y + cume_dist() OVER by_y * count(*) OVER head) / 2.0 AS ry
+                FROM rows
+                WINDOW head AS (PARTITION BY layer, head),
+                    by_x AS (PARTITION BY layer, head ORDER BY query_norm),
+                    by_y AS (PARTITION BY layer, head ORDER BY entropy))
             SELECT layer, head, corr(rx, ry) AS spearman_qn_entropy
             FROM ranked GROUP BY layer, head ORDER BY layer, head"""
     ).df()
