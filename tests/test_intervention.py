@@ -101,17 +101,29 @@ def test_sweep_scale_one_equals_plain_capture(model, settings):
     assert (entropy.diff(dim=1) < 0).all()
 
 
-def test_scales_share_one_batched_pass(model, settings, monkeypatch):
-    calls = []
-    original = model.forward
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", counting)
-    sweep_batch(model, input_ids(batch=2), TARGET, SCALES, settings)
-    assert calls == [2, 2 * len(SCALES)]  # baseline, then every scale of every sample at once
+def test_scales_share_one_batched_pass(model, settings):
+    """Two passes: the baseline, then one whose batch grows to samples × scales at the
+    intervened layer (layers below it run once per sample)."""
+    batches: dict[str, list[int]] = {"layer 0": [], "layer 1": [], "lm_head": []}
+    handles = [
+        model.model.layers[0].register_forward_hook(
+            lambda m, i, o: batches["layer 0"].append(o.shape[0])
+        ),
+        model.model.layers[1].register_forward_hook(
+            lambda m, i, o: batches["layer 1"].append(o.shape[0])
+        ),
+        model.lm_head.register_forward_hook(lambda m, i, o: batches["lm_head"].append(o.shape[0])),
+    ]
+    try:
+        sweep_batch(model, input_ids(batch=2), TARGET, SCALES, settings)  # TARGET is in layer 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert batches == {
+        "layer 0": [2, 2],
+        "layer 1": [2, 2 * len(SCALES)],
+        "lm_head": [2, 2 * len(SCALES)],
+    }
 
 
 def test_run_sweep_tables_and_trends(model, caplog):

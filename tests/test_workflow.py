@@ -181,6 +181,51 @@ def test_changing_one_heads_scales_reruns_only_that_head(demo_run, tmp_path):
         assert f"rule {rule}:" not in planned
 
 
+def planned_rules(result: subprocess.CompletedProcess) -> set[str]:
+    import re
+
+    return set(re.findall(r"^(?:local)?rule (\w+):", result.stdout, flags=re.MULTILINE))
+
+
+def test_changing_the_scales_reruns_the_sweeps_and_analysis_only(demo_run, tmp_path):
+    workdir, _, _ = demo_run
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("intervention:\n  scales: [0.5, 1.0, 2.0]\n")
+    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", str(mine))
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = planned_rules(result)
+    assert {"intervention_sweep", "check_temperature_identity", "gain", "plots"} <= planned
+    assert not planned & {"make_shards", "capture", "build_demo_model", "aggregate"}
+
+
+def test_changing_the_rope_mode_keeps_the_shards(demo_run, tmp_path):
+    workdir, _, _ = demo_run
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("capture:\n  rope: post\n")
+    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", str(mine))
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = planned_rules(result)
+    assert {"capture", "intervention_sweep", "aggregate"} <= planned
+    assert not planned & {"make_shards", "build_demo_model", "build_demo_corpus"}
+
+
+def test_editing_the_metrics_code_reruns_capture(demo_run):
+    import os
+
+    workdir, _, _ = demo_run
+    module = ROOT / "src" / "spectra_attn" / "metrics.py"
+    before = module.stat()
+    try:
+        os.utime(module, (before.st_atime, before.st_mtime + 3600 * 24 * 365))
+        result = snakemake(workdir, "--cores", "1", "-n")
+    finally:
+        os.utime(module, (before.st_atime, before.st_mtime))
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = planned_rules(result)
+    assert {"capture", "atlas", "intervention_sweep"} <= planned
+    assert "make_shards" not in planned
+
+
 def test_second_run_does_nothing(demo_run):
     workdir, _, _ = demo_run
     again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")

@@ -100,6 +100,50 @@ class QueryScaler:
             self._handle = None
 
 
+def decoder_layer(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """The decoder layer whose self-attention module has ``layer_idx == layer``."""
+    attention = next(m for m in attention_modules(model) if m.layer_idx == layer)
+    return next(m for m in model.modules() if any(c is attention for c in m.children()))
+
+
+class SharedPrefix:
+    """While active, the layers before ``layer`` run once per sample and every sample is
+    repeated ``copies`` times from ``layer`` on: the scales of a sweep differ only from the
+    intervened layer, so recomputing the layers below it once per scale would be wasted work."""
+
+    def __init__(self, model: torch.nn.Module, layer: int, copies: int):
+        self.module = decoder_layer(model, layer)
+        self.copies = copies
+        self._handle = None
+
+    def expand(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        batch = hidden.shape[0]
+
+        def repeat(value):
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch > 1:
+                return value.repeat_interleave(self.copies, dim=0)
+            if isinstance(value, tuple):  # position_embeddings = (cos, sin)
+                return tuple(repeat(v) for v in value)
+            return value
+
+        kwargs = {name: repeat(value) for name, value in kwargs.items()}
+        if args:
+            args = (hidden.repeat_interleave(self.copies, dim=0), *map(repeat, args[1:]))
+        else:
+            kwargs["hidden_states"] = hidden.repeat_interleave(self.copies, dim=0)
+        return args, kwargs
+
+    def __enter__(self) -> SharedPrefix:
+        self._handle = self.module.register_forward_pre_hook(self.expand, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
 def output_effects(base_logits: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor):
     """Per sequence: mean next-token loss of ``logits`` and mean KL(baseline ‖ intervened) over
     positions, in float32. ``base_logits`` is broadcast against ``logits`` ([B, T, V])."""
@@ -121,7 +165,8 @@ def sweep_batch(
     scaler_class: type[QueryScaler] = QueryScaler,
 ) -> dict[str, torch.Tensor]:
     """All scales of ``spec`` for the samples ``input_ids`` [n, T], in two passes: the unmodified
-    model, then one batch of n × len(scales) elements, each with its own scale.
+    model, then one pass whose batch grows to n × len(scales) elements at the intervened layer
+    (:class:`SharedPrefix`), each element with its own scale.
 
     Returns tensors indexed [sample, scale, ...]: token metrics [n, S, T] and loss, kl [n, S].
     """
@@ -132,8 +177,12 @@ def sweep_batch(
     repeated = input_ids.repeat_interleave(n_scales, dim=0)
     factors = torch.tensor(scales, dtype=torch.float32).repeat(n_samples)
     recorder = AttentionRecorder(model, settings, layers={spec.layer}, heads=[spec.head])
-    with scaler_class(model, spec.layer, spec.head, factors), recorder:
-        logits = model(input_ids=repeated, use_cache=False).logits
+    with (
+        SharedPrefix(model, spec.layer, n_scales),
+        scaler_class(model, spec.layer, spec.head, factors),
+        recorder,
+    ):
+        logits = model(input_ids=input_ids, use_cache=False).logits
     loss, kl = output_effects(base_logits.repeat_interleave(n_scales, dim=0), logits, repeated)
     metrics = recorder.layers[spec.layer]
     out = {name: metrics[name][:, 0].reshape(n_samples, n_scales, -1) for name in TOKEN_METRICS}

@@ -58,7 +58,7 @@ def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetric
         entropy=-max_attn.log() - mean_z,  # logsumexp(z) − E_p[z]
         max_attn=max_attn,
         k_eff=keys_for_mass(p, k_eff_threshold),
-        sink_attn=p[..., 0],
+        sink_attn=p[..., 0].clone(),  # a copy: a view would keep the whole block alive
         gain_max_attn=max_attn * -mean_z,  # p_max · (z_max − E_p[z])
         gain_entropy=-(mean_z2 - mean_z.square()).clamp(min=0.0),  # −Var_p(z)
     )
