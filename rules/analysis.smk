@@ -22,11 +22,7 @@ rule atlas:
     resources:
         gpu=1,
     params:
-        model=model_path,
-        dtype=config["model"]["dtype"],
-        revision=config["model"]["revision"],
-        trust_remote_code=config["model"]["trust_remote_code"],
-        device=config["device"],
+        model=model_spec,
         sample_range=capture_sample_range,
         scales=atlas_scales(),
         capture=capture_settings(),

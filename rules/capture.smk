@@ -37,11 +37,7 @@ rule capture:
     resources:
         gpu=1,
     params:
-        model=model_path,
-        dtype=config["model"]["dtype"],
-        revision=config["model"]["revision"],
-        trust_remote_code=config["model"]["trust_remote_code"],
-        device=config["device"],
+        model=model_spec,
         sample_range=capture_sample_range,
         capture=capture_settings(),
         batch_size=config["capture"]["batch_size"],

@@ -57,6 +57,17 @@ def model_path(wildcards, input):
     return input.model or config["model"]["name_or_path"]
 
 
+def model_spec(wildcards, input):
+    """What a model job loads (spectra_attn.capture.ModelSpec's fields)."""
+    return {
+        "name_or_path": model_path(wildcards, input),
+        "dtype": config["model"]["dtype"],
+        "device": config["device"],
+        "revision": config["model"]["revision"],
+        "trust_remote_code": config["model"]["trust_remote_code"],
+    }
+
+
 CAPTURE_RANGES = sample_ranges(
     config["capture"]["n_samples"], config["capture"]["samples_per_job"]
 )

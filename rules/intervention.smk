@@ -43,11 +43,7 @@ rule intervention_sweep:
     resources:
         gpu=1,
     params:
-        model=model_path,
-        dtype=config["model"]["dtype"],
-        revision=config["model"]["revision"],
-        trust_remote_code=config["model"]["trust_remote_code"],
-        device=config["device"],
+        model=model_spec,
         role=head_role,
         scales=head_scales,
         n_samples=head_n_samples,
@@ -76,11 +72,7 @@ rule check_baseline_sanity:
         gpu=1,
     params:
         check=check_name,
-        model=model_path,
-        dtype=config["model"]["dtype"],
-        revision=config["model"]["revision"],
-        trust_remote_code=config["model"]["trust_remote_code"],
-        device=config["device"],
+        model=model_spec,
         role=head_role,
         scales=head_scales,
         n_samples=config["intervention"]["check_samples"],

@@ -14,6 +14,7 @@ import transformers
 from spectra_attn.capture import (
     COLUMNS,
     CaptureSettings,
+    ModelSpec,
     UnsupportedModelError,
     capture_batch,
     load_model,
@@ -251,14 +252,13 @@ def test_run_capture_writes_parquet_rows_that_recompute_from_the_shards(
     out = tmp_path / "part_0000.parquet"
     settings = CaptureSettings(rope="post")
     rows = run_capture(
-        str(model_dir),
+        ModelSpec(str(model_dir), device="cpu"),
         str(manifest),
         str(out),
         sample_start=3,
         sample_stop=7,
         settings=settings,
         batch_size=3,
-        device="cpu",
     )
     frame = pd.read_parquet(out)
     assert rows == len(frame) == 4 * 2 * 4 * 20
@@ -284,7 +284,7 @@ def test_unsupported_architecture_fails_before_weights_load(tmp_path):
     config.architectures = ["GPT2LMHeadModel"]
     config.save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
-        load_model(str(tmp_path), device="cpu")
+        load_model(ModelSpec(str(tmp_path), device="cpu"))
 
 
 def test_shards_from_another_tokenizer_fail_before_the_model_loads(
@@ -298,13 +298,12 @@ def test_shards_from_another_tokenizer_fail_before_the_model_loads(
     monkeypatch.setattr("spectra_attn.capture.load_model", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(ValueError, match="outside the model's vocabulary of 50"):
         run_capture(
-            str(small),
+            ModelSpec(str(small), device="cpu"),
             str(manifest),
             str(tmp_path / "x.parquet"),
             sample_start=0,
             sample_stop=2,
             settings=CaptureSettings(),
-            device="cpu",
         )
     assert not (tmp_path / "x.parquet").exists()
 
@@ -328,13 +327,12 @@ def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):
     for index, (start, stop) in enumerate([(0, 2), (2, 3)]):
         parts.append(str(tmp_path / f"part_{index:04d}.parquet"))
         run_capture(
-            str(model_dir),
+            ModelSpec(str(model_dir), device="cpu"),
             str(manifest),
             parts[-1],
             sample_start=start,
             sample_stop=stop,
             settings=CaptureSettings(),
-            device="cpu",
         )
     export_seed_csv(parts, str(tmp_path / "attention_metrics.csv"))
     csv = pd.read_csv(tmp_path / "attention_metrics.csv")

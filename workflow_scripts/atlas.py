@@ -3,7 +3,7 @@
 import torch
 
 from spectra_attn.atlas import run_atlas
-from spectra_attn.capture import CaptureSettings
+from spectra_attn.capture import CaptureSettings, ModelSpec
 
 
 def main(snakemake) -> None:
@@ -11,7 +11,7 @@ def main(snakemake) -> None:
     params = snakemake.params
     start, stop = params.sample_range
     run_atlas(
-        params.model,
+        ModelSpec(**params.model),
         snakemake.input.manifest,
         snakemake.output.part,
         sample_start=start,
@@ -19,10 +19,6 @@ def main(snakemake) -> None:
         settings=CaptureSettings(**params.capture),
         scales=params.scales,
         batch_size=params.batch_size,
-        device=params.device,
-        dtype=params.dtype,
-        revision=params.revision,
-        trust_remote_code=params.trust_remote_code,
     )
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from spectra_attn.capture import CaptureSettings, run_capture
+from spectra_attn.capture import CaptureSettings, ModelSpec, run_capture
 
 
 def main(snakemake) -> None:
@@ -10,17 +10,13 @@ def main(snakemake) -> None:
     params = snakemake.params
     start, stop = params.sample_range
     run_capture(
-        params.model,
+        ModelSpec(**params.model),
         snakemake.input.manifest,
         snakemake.output.part,
         sample_start=start,
         sample_stop=stop,
         settings=CaptureSettings(**params.capture),
         batch_size=params.batch_size,
-        device=params.device,
-        dtype=params.dtype,
-        revision=params.revision,
-        trust_remote_code=params.trust_remote_code,
     )
 
 

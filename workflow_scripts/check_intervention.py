@@ -2,27 +2,23 @@
 
 import torch
 
-from spectra_attn.capture import CaptureSettings
+from spectra_attn.capture import CaptureSettings, ModelSpec
 from spectra_attn.checks import run_check
 from spectra_attn.intervention import HeadSpec
 
 
 def main(snakemake) -> None:
     torch.set_num_threads(snakemake.threads)
-    params = snakemake.params
+    params, wildcards = snakemake.params, snakemake.wildcards
     run_check(
         params.check,
-        params.model,
+        ModelSpec(**params.model),
         snakemake.input.manifest,
-        HeadSpec(int(snakemake.wildcards.layer), int(snakemake.wildcards.head), params.role),
+        HeadSpec(int(wildcards.layer), int(wildcards.head), params.role),
         params.scales,
         params.n_samples,
         CaptureSettings(**params.capture),
         snakemake.output.report,
-        device=params.device,
-        dtype=params.dtype,
-        revision=params.revision,
-        trust_remote_code=params.trust_remote_code,
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, head_metrics
+from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, head_metrics
 from spectra_attn.gain import GAIN_METRICS, ols
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def atlas_table(
 
 
 def run_atlas(
-    model_name_or_path: str,
+    model: ModelSpec,
     manifest_path: str,
     out_path: str,
     *,
@@ -90,27 +90,14 @@ def run_atlas(
     settings: CaptureSettings,
     scales: list[float],
     batch_size: int = 8,
-    device: str = "auto",
-    dtype: str = "float32",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
 ) -> None:
     """The atlas job of one range of samples: one Parquet part, written atomically."""
     from spectra_attn.capture import prepare
     from spectra_attn.io import write_parquet
 
-    table, tokens, model = prepare(
-        model_name_or_path,
-        manifest_path,
-        sample_start,
-        sample_stop,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-    )
+    table, tokens, loaded = prepare(model, manifest_path, sample_start, sample_stop)
     logger.info("atlas scales %s, %s", scales, settings)
-    rows = atlas_table(model, tokens, table["sample_id"].to_numpy(), settings, scales, batch_size)
+    rows = atlas_table(loaded, tokens, table["sample_id"].to_numpy(), settings, scales, batch_size)
     write_parquet(rows, out_path)
 
 

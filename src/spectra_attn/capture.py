@@ -109,27 +109,36 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return sorted(modules, key=lambda m: m.layer_idx)
 
 
-def load_model(
-    name_or_path: str,
-    dtype: str = "float32",
-    device: str = "auto",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-) -> torch.nn.Module:
-    """Load a causal LM for capture, after checking its architecture from its config alone."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a job loads, and how."""
 
-    model_config = AutoConfig.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code
-    )
-    check_model_type(model_config)
+    name_or_path: str
+    dtype: str = "float32"
+    device: str = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(
+            self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+        )
+
+
+def load_model(spec: ModelSpec) -> torch.nn.Module:
+    """Load a causal LM for capture, after checking its architecture from its config alone."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_type(spec.config())
     _register_attention()
-    target = resolve_device(device)
+    target = resolve_device(spec.device)
     model = AutoModelForCausalLM.from_pretrained(
-        name_or_path,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        dtype=DTYPES[dtype],
+        spec.name_or_path,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        dtype=DTYPES[spec.dtype],
         attn_implementation=ATTN_IMPLEMENTATION,
     )
     return model.to(target).eval()
@@ -440,48 +449,35 @@ def capture_to_parquet(
 
 
 def prepare(
-    model_name_or_path: str,
-    manifest_path: str,
-    sample_start: int,
-    sample_stop: int,
-    *,
-    device: str = "auto",
-    dtype: str = "float32",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    check_config=None,
+    spec: ModelSpec, manifest_path: str, sample_start: int, sample_stop: int, check_config=None
 ):
     """Samples table, validated token rows and the loaded model for one job. Everything that can
     fail cheaply (sample range, shard validation, architecture, context length, vocabulary, and
     ``check_config(model_config)`` if given) is checked before the weights load."""
-    from transformers import AutoConfig
-
     from spectra_attn.samples import load_samples, sample_table
 
     table = sample_table(manifest_path, sample_stop).iloc[sample_start:sample_stop]
     tokens = load_samples(manifest_path, table)
-    model_config = AutoConfig.from_pretrained(
-        model_name_or_path, revision=revision, trust_remote_code=trust_remote_code
-    )
+    model_config = spec.config()
     check_model_fits(model_config, tokens.shape[1], int(tokens.max()))
     if check_config is not None:
         check_config(model_config)
-    model = load_model(model_name_or_path, dtype, device, revision, trust_remote_code)
+    model = load_model(spec)
     logger.info(
         "samples %d-%d (%d × %d tokens), model %s on %s, %s",
         sample_start,
         sample_stop - 1,
         len(tokens),
         tokens.shape[1],
-        model_name_or_path,
+        spec.name_or_path,
         model.device,
-        dtype,
+        spec.dtype,
     )
     return table, tokens, model
 
 
 def run_capture(
-    model_name_or_path: str,
+    spec: ModelSpec,
     manifest_path: str,
     out_path: str,
     *,
@@ -489,30 +485,17 @@ def run_capture(
     sample_stop: int,
     settings: CaptureSettings,
     batch_size: int = 8,
-    device: str = "auto",
-    dtype: str = "float32",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
 ) -> int:
     """Capture samples ``[sample_start, sample_stop)`` of the shards into one Parquet file.
     Returns the number of rows."""
     from spectra_attn import __version__
 
-    table, tokens, model = prepare(
-        model_name_or_path,
-        manifest_path,
-        sample_start,
-        sample_stop,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-    )
+    table, tokens, model = prepare(spec, manifest_path, sample_start, sample_stop)
     logger.info("capture settings: %s", settings)
     metadata = {
         "spectra_version": __version__,
-        "model": str(model_name_or_path),
-        "dtype": dtype,
+        "model": str(spec.name_or_path),
+        "dtype": spec.dtype,
         "rope": settings.rope,
         "k_eff_threshold": str(settings.k_eff_threshold),
         "entropy_skip_tokens": str(settings.entropy_skip_tokens),

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, attention_modules
+from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_modules
 from spectra_attn.intervention import TOKEN_METRICS, HeadSpec, QueryScaler, query_source
 
 # Largest deviation accepted, by model dtype: exact arithmetic agrees to float32 rounding; half
@@ -193,18 +193,13 @@ def require(report: dict[str, Any]) -> None:
 
 def run_check(
     check: str,
-    model_name_or_path: str,
+    model: ModelSpec,
     manifest_path: str,
     spec: HeadSpec,
     scales: list[float],
     n_samples: int,
     settings: CaptureSettings,
     out_path: str,
-    *,
-    device: str = "auto",
-    dtype: str = "float32",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run one gate check on the first ``n_samples`` sequences, write its JSON report, and raise
     CheckFailed if it did not pass (after logging the whole report)."""
@@ -216,24 +211,16 @@ def run_check(
     from spectra_attn.io import write_json
 
     logger = logging.getLogger(__name__)
-    _, tokens, model = prepare(
-        model_name_or_path,
-        manifest_path,
-        0,
-        n_samples,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        check_config=lambda model_config: check_heads([spec], model_config),
+    _, tokens, loaded = prepare(
+        model, manifest_path, 0, n_samples, lambda config: check_heads([spec], config)
     )
     input_ids = torch.from_numpy(tokens.astype("int64"))
     if check == "baseline_sanity":
-        report = baseline_sanity(model, input_ids, spec, settings)
+        report = baseline_sanity(loaded, input_ids, spec, settings)
     elif check == "isolation":
-        report = isolation(model, input_ids, spec, max(scales, key=lambda s: abs(s - 1.0)))
+        report = isolation(loaded, input_ids, spec, max(scales, key=lambda s: abs(s - 1.0)))
     elif check == "temperature_identity":
-        report = temperature_identity(model, input_ids, spec, scales, settings)
+        report = temperature_identity(loaded, input_ids, spec, scales, settings)
     else:
         raise ValueError(f"unknown check {check!r}")
     report["n_samples"] = n_samples

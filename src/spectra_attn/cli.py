@@ -33,6 +33,14 @@ def _find_manifest(shards: Path) -> Path:
     raise FileNotFoundError(f"no manifest.json for shards {shards} (looked beside and inside it)")
 
 
+def _model_spec(args: argparse.Namespace):
+    from spectra_attn.capture import ModelSpec
+
+    return ModelSpec(
+        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+
+
 def _capture(args: argparse.Namespace) -> int:
     import logging
     import time
@@ -47,7 +55,7 @@ def _capture(args: argparse.Namespace) -> int:
     table = sample_table(manifest, args.n_samples)
     part = out / "part_0000.parquet"
     run_capture(
-        args.model,
+        _model_spec(args),
         str(manifest),
         str(part),
         sample_start=0,
@@ -59,9 +67,6 @@ def _capture(args: argparse.Namespace) -> int:
             query_block_size=args.query_block_size,
         ),
         batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
     )
     write_parquet(table, out / "samples.parquet")
     if args.csv:
@@ -83,7 +88,7 @@ def _intervene(args: argparse.Namespace) -> int:
     spec = HeadSpec(args.layer, args.head, args.role)
     settings = CaptureSettings(rope=args.rope)
     out = Path(args.out)
-    common = dict(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    model = _model_spec(args)
     head_dir = out / spec.name
     outputs = {
         "tokens": head_dir / "tokens.parquet",
@@ -92,7 +97,7 @@ def _intervene(args: argparse.Namespace) -> int:
         "trends": head_dir / "trend_analysis.csv",
     }
     run_head_sweep(
-        args.model,
+        model,
         manifest,
         spec,
         args.scales,
@@ -100,22 +105,11 @@ def _intervene(args: argparse.Namespace) -> int:
         settings,
         {k: str(v) for k, v in outputs.items()},
         batch_size=args.batch_size,
-        **common,
     )
     if args.checks:
         for check in ("baseline_sanity", "isolation", "temperature_identity"):
             report_path = out / "checks" / f"{check}_{spec.name}.json"
-            run_check(
-                check,
-                args.model,
-                manifest,
-                spec,
-                args.scales,
-                2,
-                settings,
-                str(report_path),
-                **common,
-            )
+            run_check(check, model, manifest, spec, args.scales, 2, settings, str(report_path))
     return 0
 
 

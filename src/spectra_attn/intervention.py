@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, attention_modules
+from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_modules
 
 logger = logging.getLogger(__name__)
 
@@ -326,39 +326,26 @@ def seed_results_table(samples_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_head_sweep(
-    model_name_or_path: str,
+    model: ModelSpec,
     manifest_path: str,
     spec: HeadSpec,
     scales: list[float],
     n_samples: int,
     settings: CaptureSettings,
     outputs: dict[str, str],
-    *,
     batch_size: int = 1,
-    device: str = "auto",
-    dtype: str = "float32",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
 ) -> pd.DataFrame:
     """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet; seed_csv, trends
     CSV), each atomically. Returns the trend analysis."""
     from spectra_attn.capture import prepare
     from spectra_attn.io import atomic_path, write_parquet
 
-    table, tokens, model = prepare(
-        model_name_or_path,
-        manifest_path,
-        0,
-        n_samples,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        check_config=lambda model_config: check_heads([spec], model_config),
+    table, tokens, loaded = prepare(
+        model, manifest_path, 0, n_samples, lambda config: check_heads([spec], config)
     )
     logger.info("sweep of %s (%s): scales %s, %s", spec.name, spec.role, scales, settings)
     token_table, sample_table = run_sweep(
-        model, tokens, table["sample_id"].to_numpy(), spec, scales, settings, batch_size
+        loaded, tokens, table["sample_id"].to_numpy(), spec, scales, settings, batch_size
     )
     trends = trend_analysis(sample_table)
     write_parquet(token_table, outputs["tokens"])
