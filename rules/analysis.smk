@@ -6,6 +6,7 @@
 rule atlas:
     input:
         manifest=rules.make_shards.output.manifest,
+        shards=rules.make_shards.output.shards,
         model=model_inputs(),
         code=package_code("atlas", "gain", "capture", "metrics", "samples", "shards"),
     output:

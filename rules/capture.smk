@@ -21,6 +21,7 @@ rule capture_samples:
 rule capture:
     input:
         manifest=rules.make_shards.output.manifest,
+        shards=rules.make_shards.output.shards,
         model=model_inputs(),
         code=package_code("capture", "metrics", "samples", "shards", "io"),
     output:

@@ -21,6 +21,7 @@ checkpoint select_heads:
 rule intervention_sweep:
     input:
         manifest=rules.make_shards.output.manifest,
+        shards=rules.make_shards.output.shards,
         model=model_inputs(),
         code=package_code(
             "intervention", "capture", "metrics", "samples", "shards", "io"
@@ -56,6 +57,7 @@ rule intervention_sweep:
 rule check_baseline_sanity:
     input:
         manifest=rules.make_shards.output.manifest,
+        shards=rules.make_shards.output.shards,
         model=model_inputs(),
         code=package_code("checks", "intervention", "capture", "metrics", "samples"),
     output:
