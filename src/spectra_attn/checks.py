@@ -11,6 +11,7 @@ on a deliberately broken intervention.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -47,6 +48,13 @@ def _report(check: str, spec: HeadSpec, tolerance: float, deviations: dict[str, 
     }
 
 
+def _scaled(scaler_class, model, spec: HeadSpec, factors: torch.Tensor | None):
+    """The intervention at ``factors``, or no hook at all when ``factors`` is None."""
+    if factors is None:
+        return contextlib.nullcontext()
+    return scaler_class(model, spec.layer, spec.head, factors)
+
+
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a − b| relative to max |b| (absolute when b is all zeros)."""
     a, b = a.double(), b.double()
@@ -67,12 +75,8 @@ def baseline_sanity(
     runs = []
     for factors in (None, torch.ones(len(input_ids))):
         recorder = AttentionRecorder(model, settings, layers={spec.layer}, heads=[spec.head])
-        if factors is None:
-            with recorder:
-                logits = model(input_ids=input_ids, use_cache=False).logits
-        else:
-            with scaler_class(model, spec.layer, spec.head, factors), recorder:
-                logits = model(input_ids=input_ids, use_cache=False).logits
+        with _scaled(scaler_class, model, spec, factors), recorder:
+            logits = model(input_ids=input_ids, use_cache=False).logits
         runs.append((logits.float().cpu(), recorder.layers[spec.layer]))
     (base_logits, base), (hooked_logits, hooked) = runs
     deviations = {"logits": _relative(hooked_logits, base_logits)}
@@ -106,26 +110,20 @@ def isolation(
 
     def record(factors):
         seen: dict[str, torch.Tensor] = {}
-        scaler = (
-            scaler_class(model, spec.layer, spec.head, factors) if factors is not None else None
-        )
-        if scaler is not None:
-            scaler.__enter__()
-        handles = [  # registered after the scaler, so they see its output
-            module.register_forward_hook(
-                lambda m, i, o, name=name: seen.__setitem__(
-                    name, o.detach().float().cpu().reshape(*o.shape[:2], -1, head_dim)
+        with _scaled(scaler_class, model, spec, factors):
+            handles = [  # registered after the scaler, so they see its output
+                module.register_forward_hook(
+                    lambda m, i, o, name=name: seen.__setitem__(
+                        name, o.detach().float().cpu().reshape(*o.shape[:2], -1, head_dim)
+                    )
                 )
-            )
-            for name, module in sources.items()
-        ]
-        try:
-            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
-        finally:
-            for handle in handles:
-                handle.remove()
-            if scaler is not None:
-                scaler.__exit__(None, None, None)
+                for name, module in sources.items()
+            ]
+            try:
+                model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+            finally:
+                for handle in handles:
+                    handle.remove()
         return seen
 
     base = record(None)
@@ -159,12 +157,8 @@ def temperature_identity(
         recorder = AttentionRecorder(
             model, settings, layers={spec.layer}, heads=[spec.head], keep_logits=True
         )
-        if factors is None:
-            with recorder:
-                model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
-        else:
-            with scaler_class(model, spec.layer, spec.head, factors), recorder:
-                model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+        with _scaled(scaler_class, model, spec, factors), recorder:
+            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
         return recorder.logits[spec.layer].double()  # [B, 1, T, T]
 
     base = logits_with(None)

@@ -163,9 +163,6 @@ class Chunker:
         self.prepend_bos = prepend_bos
         self.pending = np.empty(0, dtype=SHARD_DTYPE)
 
-    def rows_available(self, extra_tokens: int) -> int:
-        return (len(self.pending) + extra_tokens) // self.text_length
-
     def push(self, tokens: np.ndarray, max_rows: int) -> np.ndarray:
         """Append ``tokens``; return at most ``max_rows`` full rows ``[rows, context_length]``."""
         stream = np.concatenate([self.pending, tokens]) if len(self.pending) else tokens
