@@ -27,7 +27,8 @@ HUB_DATASET_DIR = str(hub_cache_dir(config["data"]["source"], config["data"]["sp
 def package_code(*modules):
     """Package modules that a job runs, declared as its inputs so that editing them reruns it
     (Snakemake tracks only the script itself). local(): they stay in the checkout even when a
-    default storage provider (S3 on SageMaker) maps every other path to remote storage."""
+    default storage provider (S3 on SageMaker) maps every other path to remote storage.
+    """
     return [local(str(PACKAGE / f"{module}.py")) for module in ("__init__", *modules)]
 
 
