@@ -127,11 +127,12 @@ class ModelSpec:
         )
 
 
-def load_model(spec: ModelSpec) -> torch.nn.Module:
-    """Load a causal LM for capture, after checking its architecture from its config alone."""
+def load_model(spec: ModelSpec, model_config=None) -> torch.nn.Module:
+    """Load a causal LM for capture, after checking its architecture from its config alone
+    (``model_config``, when the caller has already read it)."""
     from transformers import AutoModelForCausalLM
 
-    check_model_type(spec.config())
+    check_model_type(model_config if model_config is not None else spec.config())
     _register_attention()
     target = resolve_device(spec.device)
     model = AutoModelForCausalLM.from_pretrained(
@@ -462,7 +463,7 @@ def prepare(
     check_model_fits(model_config, tokens.shape[1], int(tokens.max()))
     if check_config is not None:
         check_config(model_config)
-    model = load_model(spec)
+    model = load_model(spec, model_config)
     logger.info(
         "samples %d-%d (%d × %d tokens), model %s on %s, %s",
         sample_start,

@@ -145,14 +145,20 @@ class SharedPrefix:
 
 
 def output_effects(base_logits: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor):
-    """Per sequence: mean next-token loss of ``logits`` and mean KL(baseline ‖ intervened) over
-    positions, in float32. ``base_logits`` is broadcast against ``logits`` ([B, T, V])."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    log_base = torch.log_softmax(base_logits.float(), dim=-1)
-    targets = input_ids[:, 1:].to(log_p.device)
-    loss = -log_p[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(-1)
+    """Per intervened sequence: mean next-token loss and mean KL(baseline ‖ intervened) over
+    positions, in float32.
+
+    ``base_logits`` and ``input_ids`` hold the n samples ([n, T, V], [n, T]); ``logits`` holds
+    each sample's S intervened copies in a row ([n·S, T, V]). The baseline's log-softmax is taken
+    once per sample and broadcast over its copies. Returns [n·S] tensors.
+    """
+    n_samples = base_logits.shape[0]
+    log_p = torch.log_softmax(logits.float(), dim=-1).unflatten(0, (n_samples, -1))
+    log_base = torch.log_softmax(base_logits.float(), dim=-1).unsqueeze(1)  # [n, 1, T, V]
+    targets = input_ids[:, None, 1:, None].to(log_p.device).expand(*log_p.shape[:2], -1, 1)
+    loss = -log_p[:, :, :-1].gather(-1, targets).squeeze(-1).mean(-1)
     kl = (log_base.exp() * (log_base - log_p)).sum(-1).mean(-1)
-    return loss.cpu(), kl.clamp(min=0.0).cpu()
+    return loss.flatten().cpu(), kl.flatten().clamp(min=0.0).cpu()
 
 
 @torch.inference_mode()
@@ -174,7 +180,6 @@ def sweep_batch(
     input_ids = input_ids.to(device)
     n_samples, n_scales = input_ids.shape[0], len(scales)
     base_logits = model(input_ids=input_ids, use_cache=False).logits
-    repeated = input_ids.repeat_interleave(n_scales, dim=0)
     factors = torch.tensor(scales, dtype=torch.float32).repeat(n_samples)
     recorder = AttentionRecorder(model, settings, layers={spec.layer}, heads=[spec.head])
     with (
@@ -183,7 +188,7 @@ def sweep_batch(
         recorder,
     ):
         logits = model(input_ids=input_ids, use_cache=False).logits
-    loss, kl = output_effects(base_logits.repeat_interleave(n_scales, dim=0), logits, repeated)
+    loss, kl = output_effects(base_logits, logits, input_ids)
     metrics = recorder.layers[spec.layer]
     out = {name: metrics[name][:, 0].reshape(n_samples, n_scales, -1) for name in TOKEN_METRICS}
     out["loss"] = loss.reshape(n_samples, n_scales)
