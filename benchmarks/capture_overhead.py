@@ -32,6 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# spectra_attn before torch: it sets torch's OpenMP wait policy (see spectra_attn/__init__.py),
+# for the plain forward and capture alike.
+import spectra_attn  # noqa: F401
+
+# isort: split
 import numpy as np
 import torch
 
@@ -141,6 +146,15 @@ def overhead(args) -> None:
     timings: dict[str, list[float]] = {"forward": [], "capture": [], "seed": []}
     with tempfile.TemporaryDirectory() as tmp:
         plain_forward(model, tokens[:8], 8)  # warm-up
+        # Warm-up of capture: the first call compiles the CPU kernel (or loads Numba's cache).
+        use_capture_attention(model)
+        start = time.perf_counter()
+        capture_to_parquet(model, tokens[:1], sample_ids[:1], f"{tmp}/w.parquet", settings, 1)
+        print(
+            f"first capture call (1 sample, kernel compile or cache load): "
+            f"{time.perf_counter() - start:.2f} s"
+        )
+        model.set_attn_implementation("sdpa")
         for repeat in range(args.repeats):
             start = time.perf_counter()
             plain_forward(model, tokens, args.batch_size)

@@ -8,7 +8,9 @@ rule atlas:
         manifest=rules.make_shards.output.manifest,
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
-        code=package_code("atlas", "gain", "capture", "metrics", "samples", "shards"),
+        code=package_code(
+            "atlas", "gain", "capture", "metrics", "cpu_kernels", "samples", "shards"
+        ),
     output:
         part=f"{RUN}/atlas/part_{{part}}.parquet",
     log:

@@ -23,7 +23,9 @@ rule capture:
         manifest=rules.make_shards.output.manifest,
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
-        code=package_code("capture", "metrics", "samples", "shards", "io"),
+        code=package_code(
+            "capture", "metrics", "cpu_kernels", "samples", "shards", "io"
+        ),
     output:
         part=f"{RUN}/capture/part_{{part}}.parquet",
     log:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+# Importing the package also sets OMP_WAIT_POLICY for the jobs (see spectra_attn/__init__.py).
 from spectra_attn import config as spectra_config
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
 from spectra_attn.samples import sample_ranges

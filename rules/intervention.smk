@@ -24,7 +24,13 @@ rule intervention_sweep:
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
         code=package_code(
-            "intervention", "capture", "metrics", "samples", "shards", "io"
+            "intervention",
+            "capture",
+            "metrics",
+            "cpu_kernels",
+            "samples",
+            "shards",
+            "io",
         ),
     output:
         tokens=f"{RUN}/intervention/L{{layer}}_H{{head}}/tokens.parquet",
@@ -59,7 +65,9 @@ rule check_baseline_sanity:
         manifest=rules.make_shards.output.manifest,
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
-        code=package_code("checks", "intervention", "capture", "metrics", "samples"),
+        code=package_code(
+            "checks", "intervention", "capture", "metrics", "cpu_kernels", "samples"
+        ),
     output:
         report=f"{RUN}/checks/baseline_sanity_L{{layer}}_H{{head}}.json",
     log:

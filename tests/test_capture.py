@@ -279,6 +279,39 @@ def test_run_capture_writes_parquet_rows_that_recompute_from_the_shards(
     np.testing.assert_allclose(got.max_attn, attention.max(-1), rtol=1e-5)
 
 
+def test_a_failed_write_stops_capture_and_leaves_no_file(
+    model_dir, manifest, tmp_path, monkeypatch
+):
+    """Rows are written on a background thread: its failure must surface, and the half-written
+    file must not appear under the output name."""
+    import spectra_attn.capture as capture
+
+    calls = []
+    real = capture.to_columns
+
+    def failing(layers, ids):
+        calls.append(len(ids))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(layers, ids)
+
+    monkeypatch.setattr(capture, "to_columns", failing)
+    out = tmp_path / "part_0000.parquet"
+    with pytest.raises(OSError, match="disk full"):
+        run_capture(
+            ModelSpec(str(model_dir), device="cpu"),
+            str(manifest),
+            str(out),
+            sample_start=0,
+            sample_stop=7,
+            settings=CaptureSettings(),
+            batch_size=2,
+        )
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*tmp"))
+    assert len(calls) in (2, 3)  # the batch after the failure may have been computed, not more
+
+
 def test_unsupported_architecture_fails_before_weights_load(tmp_path):
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8)
     config.architectures = ["GPT2LMHeadModel"]

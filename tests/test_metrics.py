@@ -11,11 +11,28 @@ import torch
 
 from spectra_attn.metrics import (
     MASKED_LOGIT,
+    METRIC_NAMES,
+    _row_metrics_cpu,
+    _row_metrics_torch,
     blocked_metrics,
     causal_logits,
     keys_for_mass,
     row_metrics,
 )
+
+# Both implementations face every reference: the fused CPU kernel (what row_metrics runs on the
+# CPU) and the torch composition (what it runs on a GPU).
+IMPLEMENTATIONS = {"fused_cpu": _row_metrics_cpu, "torch": _row_metrics_torch}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def metrics_of(request):
+    implementation = IMPLEMENTATIONS[request.param]
+
+    def compute(logits, threshold=0.9):
+        return implementation(logits, threshold)
+
+    return compute
 
 
 def logits_of(probabilities) -> torch.Tensor:
@@ -24,8 +41,8 @@ def logits_of(probabilities) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 10, 100, 512])
-def test_uniform_rows(n):
-    metrics = row_metrics(torch.zeros(1, n))
+def test_uniform_rows(n, metrics_of):
+    metrics = metrics_of(torch.zeros(1, n))
     assert metrics.entropy.item() == pytest.approx(math.log(n), abs=1e-5)
     assert metrics.max_attn.item() == pytest.approx(1 / n, rel=1e-5)
     assert metrics.k_eff.item() == math.ceil(round(0.9 * n, 9))  # n=10 → 9: a tie at 0.9
@@ -33,9 +50,9 @@ def test_uniform_rows(n):
     assert metrics.gain_max_attn.item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_one_hot_rows():
+def test_one_hot_rows(metrics_of):
     logits = logits_of([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
-    metrics = row_metrics(logits)
+    metrics = metrics_of(logits)
     assert metrics.entropy.tolist() == [0.0, 0.0]
     assert metrics.max_attn.tolist() == [1.0, 1.0]
     assert metrics.k_eff.tolist() == [1, 1]
@@ -53,17 +70,17 @@ def test_one_hot_rows():
         ([0.25] * 4, 1.0, 4),
     ],
 )
-def test_k_eff_ties_at_the_threshold(probabilities, threshold, expected):
-    assert row_metrics(logits_of([probabilities]), threshold).k_eff.item() == expected
+def test_k_eff_ties_at_the_threshold(probabilities, threshold, expected, metrics_of):
+    assert metrics_of(logits_of([probabilities]), threshold).k_eff.item() == expected
     p = torch.tensor([probabilities], dtype=torch.float32)
     assert keys_for_mass(p, threshold).item() == expected
 
 
-def test_random_rows_equal_scipy_and_float64():
+def test_random_rows_equal_scipy_and_float64(metrics_of):
     generator = np.random.default_rng(0)
     logits = generator.normal(scale=3.0, size=(64, 200))
     logits[:, 150:] = -np.inf  # a masked tail, like a causal row
-    metrics = row_metrics(torch.tensor(logits, dtype=torch.float32))
+    metrics = metrics_of(torch.tensor(logits, dtype=torch.float32))
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(metrics.entropy, scipy.stats.entropy(p, axis=1), rtol=2e-5)
@@ -77,7 +94,7 @@ def test_random_rows_equal_scipy_and_float64():
     )
 
 
-def test_gains_are_derivatives_with_respect_to_log_scale():
+def test_gains_are_derivatives_with_respect_to_log_scale(metrics_of):
     """d metric / d ln s of softmax(s·z) at s = 1, by central finite differences in float64."""
     generator = np.random.default_rng(1)
     z = torch.tensor(generator.normal(scale=2.0, size=(16, 50)))
@@ -89,7 +106,7 @@ def test_gains_are_derivatives_with_respect_to_log_scale():
 
     entropy_up, max_up = at(step)
     entropy_down, max_down = at(-step)
-    metrics = row_metrics(z.float())
+    metrics = metrics_of(z.float())
     np.testing.assert_allclose(
         metrics.gain_entropy, (entropy_up - entropy_down) / (2 * step), rtol=1e-3, atol=1e-5
     )
@@ -124,10 +141,67 @@ def test_blocks_do_not_change_the_metrics(block_size):
     assert whole.entropy.shape == (2, 3, 50)
 
 
-def test_results_do_not_keep_the_block_alive():
+def test_results_do_not_keep_the_block_alive(metrics_of):
     """Each metric owns its storage: a view into the [rows, keys] probabilities would keep every
     block's matrix in memory until the layer is done (1 GB at T = 8192 on the bench model)."""
-    metrics = row_metrics(torch.randn(4, 64, 512))
+    metrics = metrics_of(torch.randn(4, 64, 512))
     for name in ("entropy", "max_attn", "k_eff", "sink_attn", "gain_max_attn", "gain_entropy"):
         tensor = getattr(metrics, name)
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 100, 512])
+@pytest.mark.parametrize("peak", [0.0, 2.0, 8.0])
+def test_k_eff_counted_by_chunks_equals_float64_sort(n, peak, metrics_of):
+    """The fused kernel counts k_eff 16 keys at a time from the top of the sorted row: the row
+    lengths around multiples of 16 and rows from flat to peaked cover every exit of that loop."""
+    generator = np.random.default_rng(n)
+    logits = generator.normal(scale=peak, size=(256, n)) if peak else np.zeros((256, n))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    top = np.cumsum(-np.sort(-p, axis=1), axis=1)
+    expected = np.minimum((top < 0.9 - 1e-6).sum(axis=1) + 1, n)
+    k_eff = metrics_of(torch.tensor(logits, dtype=torch.float32)).k_eff.numpy()
+    # Ties with the float64 sums within float32 rounding of the threshold may go either way.
+    near = np.abs(top - 0.9).min(axis=1) < 1e-5
+    np.testing.assert_array_equal(k_eff[~near], expected[~near])
+    assert np.abs(k_eff[near] - expected[near]).max(initial=0) <= 1
+
+
+def test_fused_cpu_kernel_equals_torch_on_causal_blocks():
+    """Both implementations on what capture feeds them: causal and sliding-window blocks of a
+    grouped-query layer, masked keys included."""
+    torch.manual_seed(3)
+    q, k = torch.randn(2, 2, 4, 96, 16) * 2, torch.randn(2, 2, 1, 96, 16)
+    for start, window in ((0, None), (40, None), (64, 24)):
+        logits = causal_logits(q[..., start : start + 32, :], k, 0.25, start, window)
+        fused, reference = _row_metrics_cpu(logits, 0.9), _row_metrics_torch(logits, 0.9)
+        for name in METRIC_NAMES:
+            tolerance = {"rtol": 1e-4, "atol": 1e-5} if name.startswith("gain") else {}
+            torch.testing.assert_close(
+                getattr(fused, name), getattr(reference, name), **tolerance, msg=name
+            )
+
+
+@pytest.mark.parametrize("window", [None, 3, 100])
+def test_causal_logits_equal_a_float64_masked_product(window):
+    torch.manual_seed(4)
+    q, k = torch.randn(2, 20, 8), torch.randn(2, 20, 8)
+    logits = causal_logits(q[:, 5:12], k, 0.3, query_start=5, sliding_window=window)
+    full = (q.double() @ k.double().transpose(-1, -2) * 0.3)[:, 5:12, :12]
+    query_pos, key_pos = np.arange(5, 12)[:, None], np.arange(12)[None, :]
+    visible = key_pos <= query_pos
+    if window is not None:
+        visible &= key_pos > query_pos - window
+    np.testing.assert_allclose(logits.numpy()[:, visible], full.numpy()[:, visible], rtol=1e-5)
+    assert (logits.numpy()[:, ~visible] == MASKED_LOGIT).all()
+
+
+def test_row_metrics_on_the_cpu_runs_the_fused_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        "spectra_attn.metrics._row_metrics_cpu",
+        lambda logits, threshold: calls.append(threshold) or _row_metrics_torch(logits, threshold),
+    )
+    row_metrics(torch.zeros(2, 8), 0.8)
+    assert calls == [0.8]

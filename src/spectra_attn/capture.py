@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -418,7 +419,11 @@ def capture_to_parquet(
     metadata: dict[str, str] | None = None,
 ) -> int:
     """Capture ``tokens`` ``[n, T]`` batch by batch into one zstd Parquet file, written
-    atomically (one row group per batch). Returns the number of rows."""
+    atomically (one row group per batch). Returns the number of rows.
+
+    Each batch's rows are written on a second thread while the next batch runs through the model,
+    so on a GPU the CPU-bound columns and compression overlap the forward passes (at most one
+    batch waits to be written)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -426,6 +431,14 @@ def capture_to_parquet(
     from spectra_attn.io import atomic_path
 
     schema = parquet_schema(metadata)
+
+    def write(writer, layers, ids) -> int:
+        columns = to_columns(layers, ids)
+        # from_pandas: an undefined entropy (NaN) is stored as a Parquet null.
+        arrays = [pa.array(columns[f.name], f.type, from_pandas=True) for f in schema]
+        writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+        return len(columns["sample_id"])
+
     rows = 0
     with (
         atomic_path(out_path) as tmp,
@@ -436,16 +449,20 @@ def capture_to_parquet(
         tqdm(
             total=len(tokens), unit="sample", file=_LogStream(), mininterval=10, ascii=True
         ) as progress,
+        ThreadPoolExecutor(1, thread_name_prefix="spectra-parquet") as background,
     ):
+        pending = None
         for start in range(0, len(tokens), batch_size):
             batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
             layers = capture_batch(model, batch, settings)
-            columns = to_columns(layers, sample_ids[start : start + batch_size])
-            # from_pandas: an undefined entropy (NaN) is stored as a Parquet null.
-            arrays = [pa.array(columns[f.name], f.type, from_pandas=True) for f in schema]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            rows += len(columns["sample_id"])
+            if pending is not None:
+                rows += pending.result()  # re-raises a failed write here
+            pending = background.submit(
+                write, writer, layers, sample_ids[start : start + batch_size]
+            )
             progress.update(len(batch))
+        if pending is not None:
+            rows += pending.result()
     return rows
 
 

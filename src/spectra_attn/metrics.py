@@ -47,7 +47,16 @@ def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetric
     """Metrics of each row of ``logits`` (``[..., keys]``, key 0 first), in float32.
 
     Masked keys hold −inf or :data:`MASKED_LOGIT`; every row needs at least one visible key.
+    On the CPU the reductions run in one fused kernel (:mod:`spectra_attn.cpu_kernels`); elsewhere
+    as torch operations. Both give the same metrics (tested against each other and against
+    independent references).
     """
+    if logits.device.type == "cpu":
+        return _row_metrics_cpu(logits, k_eff_threshold)
+    return _row_metrics_torch(logits, k_eff_threshold)
+
+
+def _row_metrics_torch(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics:
     z = logits.float()
     z = (z - z.amax(dim=-1, keepdim=True)).clamp_(min=MASKED_LOGIT)  # z − z_max ≤ 0
     p = torch.softmax(z, dim=-1)
@@ -62,6 +71,46 @@ def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetric
         gain_max_attn=max_attn * -mean_z,  # p_max · (z_max − E_p[z])
         gain_entropy=-(mean_z2 - mean_z.square()).clamp(min=0.0),  # −Var_p(z)
     )
+
+
+def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics:
+    from spectra_attn import cpu_kernels
+
+    z = logits.detach().float().contiguous()
+    shape, keys = z.shape[:-1], z.shape[-1]
+    rows = z.numel() // keys
+    threads = _match_torch_threads()
+    z_max = z.amax(dim=-1).numpy().reshape(rows)
+    p = torch.softmax(z, dim=-1).numpy().reshape(rows, keys)  # masked logits give exactly 0
+    mean_d, mean_d2 = np.empty(rows), np.empty(rows)
+    out = {name: np.empty(rows, np.float32) for name in METRIC_NAMES}
+    out["k_eff"] = np.empty(rows, np.int32)
+    cpu_kernels.moment_sums(
+        z.numpy().reshape(rows, keys), p, z_max, mean_d, mean_d2, out["sink_attn"]
+    )
+    cpu_kernels.sort_rows_in_place(p, threads)  # p is consumed: its rows become ascending
+    cpu_kernels.finish_rows(
+        p,
+        mean_d,
+        mean_d2,
+        k_eff_threshold - K_EFF_TOLERANCE,
+        out["entropy"],
+        out["max_attn"],
+        out["k_eff"],
+        out["gain_max_attn"],
+        out["gain_entropy"],
+    )
+    return RowMetrics(**{name: torch.from_numpy(out[name]).reshape(shape) for name in METRIC_NAMES})
+
+
+def _match_torch_threads() -> int:
+    """Numba's threads follow torch's (which follow the job's allocation), not the node's cores."""
+    import numba
+
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+    return wanted
 
 
 def keys_for_mass(p: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -98,11 +147,15 @@ def causal_logits(
     n_keys = query_start + rows
     # Scaling the [rows, d] queries is cheaper than scaling the [rows, keys] logits.
     logits = torch.matmul(query.float() * scaling, key[..., :n_keys, :].float().transpose(-1, -2))
+    if sliding_window is None:
+        # Keys before query_start are visible to every row: only the last [rows, rows] square
+        # holds future keys, so only it is written again (a full-width mask costs a whole pass).
+        future = torch.ones(rows, rows, dtype=torch.bool, device=query.device).triu_(1)
+        logits[..., query_start:].masked_fill_(future, MASKED_LOGIT)
+        return logits
     query_pos = torch.arange(query_start, n_keys, device=query.device)[:, None]
     key_pos = torch.arange(n_keys, device=query.device)[None, :]
-    masked = key_pos > query_pos
-    if sliding_window is not None:
-        masked |= key_pos <= query_pos - sliding_window
+    masked = (key_pos > query_pos) | (key_pos <= query_pos - sliding_window)
     return logits.masked_fill_(masked, MASKED_LOGIT)
 
 

@@ -1,0 +1,266 @@
+"""Capture on a Llama-3-8B-shaped model on one GPU: checks, then timings, in one call.
+
+    python benchmarks/gpu_capture.py --out DIR [--samples 64] [--batch-size 8] [--repeats 2]
+    python benchmarks/gpu_capture.py --out DIR --tiny --device cpu   # the script itself, on a CPU
+
+Model: Llama-3-8B's shape (32 layers, hidden 4096, 32 heads, 8 KV heads, intermediate 14336,
+vocab 128256, rope θ 500000 with Llama-3 scaling), random weights (seed 0), bfloat16, built on the
+device (nothing is downloaded). ``--tiny`` keeps the head layout with 2 layers and hidden 512.
+
+1. Checks, on 2 samples × 512 tokens:
+   * post-RoPE capture against the model's own eager attention (``output_attentions``, computed
+     in bfloat16 by the model, so the bound is loose: bf16 logits);
+   * the device's metric implementation against the CPU's fused kernel on the same float32 logits
+     of one layer (tight: the same numbers through two implementations).
+2. Timings (alternating, ``--repeats`` each, after a warm-up): the plain forward (SDPA,
+   ``logits_to_keep=1``, no hooks, nothing written) and capture (pre-RoPE, every metric of every
+   layer, head and token, zstd Parquet written to a temporary folder), with peak GPU memory.
+
+Writes ``gpu_capture.json`` into --out and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+# spectra_attn before torch: it sets torch's OpenMP wait policy (see spectra_attn/__init__.py).
+import spectra_attn  # noqa: F401
+
+# isort: split
+import numpy as np
+import torch
+
+LLAMA3_8B = dict(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=14336,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    rms_norm_eps=1e-5,
+    bos_token_id=128000,
+    eos_token_id=128001,
+)
+TINY = {**LLAMA3_8B, "hidden_size": 512, "num_hidden_layers": 2, "intermediate_size": 1792}
+
+
+def build_model(shape: dict, device: torch.device, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**shape)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_metrics(p: np.ndarray, skip: int) -> dict[str, np.ndarray]:
+    """float64 metrics of probability rows ``[..., keys]``, independently of spectra_attn."""
+    p = p.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
+    entropy[..., :skip] = np.nan
+    top = np.cumsum(-np.sort(-p, axis=-1), axis=-1)
+    return {
+        "max_attn": p.max(-1),
+        "entropy": entropy,
+        "k_eff": (top < 0.9 - 1e-6).sum(-1) + 1,
+    }
+
+
+def check_against_eager(model, tokens: np.ndarray, device: torch.device) -> dict:
+    from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
+
+    settings = CaptureSettings(rope="post")
+    ids = torch.from_numpy(tokens.astype(np.int64))
+    use_capture_attention(model)
+    with torch.inference_mode():
+        captured = capture_batch(model, ids, settings)
+    model.set_attn_implementation("eager")
+    with torch.inference_mode():
+        attentions = model(ids.to(device), output_attentions=True, use_cache=False).attentions
+    model.set_attn_implementation("sdpa")
+    result = {}
+    layers = sorted({0, len(attentions) // 2, len(attentions) - 1})
+    for layer in layers:
+        reference = reference_metrics(
+            attentions[layer].float().cpu().numpy(), settings.entropy_skip_tokens
+        )
+        deviation = {}
+        for name, expected in reference.items():
+            got = captured[layer][name].numpy().astype(np.float64)
+            diff = np.abs(got - expected)[np.isfinite(expected)]
+            deviation[name] = {"max": float(diff.max()), "median": float(np.median(diff))}
+        result[f"layer_{layer}"] = deviation
+    return result
+
+
+def check_against_cpu_kernel(model, tokens: np.ndarray, device: torch.device) -> dict:
+    """One layer's pre-RoPE logits: the device's implementation against the CPU's fused kernel."""
+    from spectra_attn.metrics import (
+        METRIC_NAMES,
+        _row_metrics_cpu,
+        _row_metrics_torch,
+        causal_logits,
+    )
+
+    attention = model.model.layers[len(model.model.layers) // 2].self_attn
+    kept = {}
+    handles = [
+        attention.q_proj.register_forward_hook(lambda m, i, o: kept.__setitem__("q", o)),
+        attention.k_proj.register_forward_hook(lambda m, i, o: kept.__setitem__("k", o)),
+    ]
+    with torch.inference_mode():
+        model(torch.from_numpy(tokens[:1].astype(np.int64)).to(device), logits_to_keep=1)
+    for handle in handles:
+        handle.remove()
+    dim = attention.head_dim
+    q = kept["q"].reshape(1, tokens.shape[1], -1, dim).transpose(1, 2)[0]  # [heads, T, d]
+    k = kept["k"].reshape(1, tokens.shape[1], -1, dim).transpose(1, 2)[0]
+    k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+    logits = causal_logits(q, k, 1.0 / math.sqrt(dim), 0)
+    on_device = _row_metrics_torch(logits, 0.9)
+    on_cpu = _row_metrics_cpu(logits.cpu(), 0.9)
+    out = {}
+    for name in METRIC_NAMES:
+        a = getattr(on_device, name).cpu().double()
+        b = getattr(on_cpu, name).double()
+        out[name] = float((a - b).abs().max())
+    out["k_eff_rows_differing"] = int((on_device.k_eff.cpu() != on_cpu.k_eff).sum())
+    out["rows"] = int(on_cpu.k_eff.numel())
+    return out
+
+
+def plain_forward(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> None:
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+            model(input_ids=batch.to(device), use_cache=False, logits_to_keep=1)
+    sync(device)
+
+
+def timings(model, tokens, batch_size, repeats, device, block) -> dict:
+    from spectra_attn.capture import CaptureSettings, capture_to_parquet, use_capture_attention
+
+    settings = CaptureSettings(rope="pre", query_block_size=block)
+    sample_ids = np.arange(len(tokens))
+    runs: dict[str, list[float]] = {"forward": [], "capture": []}
+    peaks: dict[str, int] = {}
+    rows = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        plain_forward(model, tokens[:batch_size], batch_size, device)  # warm-up
+        use_capture_attention(model)
+        capture_to_parquet(
+            model,
+            tokens[:batch_size],
+            sample_ids[:batch_size],
+            f"{tmp}/w.parquet",
+            settings,
+            batch_size,
+        )
+        for _ in range(repeats):
+            model.set_attn_implementation("sdpa")
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            plain_forward(model, tokens, batch_size, device)
+            runs["forward"].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks["forward"] = torch.cuda.max_memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            use_capture_attention(model)
+            start = time.perf_counter()
+            rows = capture_to_parquet(
+                model, tokens, sample_ids, f"{tmp}/capture.parquet", settings, batch_size
+            )
+            sync(device)
+            runs["capture"].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks["capture"] = torch.cuda.max_memory_allocated(device)
+        size = Path(f"{tmp}/capture.parquet").stat().st_size
+    model.set_attn_implementation("sdpa")
+    forward, capture = (statistics.median(runs[k]) for k in ("forward", "capture"))
+    return {
+        "runs_s": runs,
+        "forward_s": forward,
+        "capture_s": capture,
+        "ratio": capture / forward,
+        "rows": rows,
+        "rows_per_s": rows / capture,
+        "parquet_bytes": size,
+        "peak_gpu_bytes": peaks,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--block", type=int, default=128, help="capture's query block size")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.machine(),
+        "torch": torch.__version__,
+        "shape": "tiny" if args.tiny else "llama3-8b",
+        "samples": args.samples,
+        "length": args.length,
+        "batch_size": args.batch_size,
+        "dtype": str(dtype),
+    }
+    start = time.perf_counter()
+    model = build_model(TINY if args.tiny else LLAMA3_8B, device, dtype)
+    sync(device)
+    report["build_s"] = time.perf_counter() - start
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    generator = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    tokens = generator.integers(1, vocab, size=(args.samples, args.length), dtype=np.int32)
+    tokens[:, 0] = model.config.bos_token_id
+    report["check_eager"] = check_against_eager(model, tokens[:2], device)
+    report["check_cpu_kernel"] = check_against_cpu_kernel(model, tokens[:1], device)
+    print(json.dumps({k: report[k] for k in ("check_eager", "check_cpu_kernel")}, indent=1))
+    report["timing"] = timings(model, tokens, args.batch_size, args.repeats, device, args.block)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_capture.json").write_text(json.dumps(report, indent=1) + "\n")
+    t = report["timing"]
+    print(
+        f"{report['device']}: forward {t['forward_s']:.2f} s, capture {t['capture_s']:.2f} s, "
+        f"ratio {t['ratio']:.2f}, {t['rows']:,} rows, {t['rows_per_s']:,.0f} rows/s, "
+        f"peaks {t['peak_gpu_bytes']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
