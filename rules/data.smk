@@ -18,6 +18,11 @@ rule fetch_dataset:
         "../workflow_scripts/fetch_dataset.py"
 
 
+# cache: True: with `snakemake --cache`, a checkout that would make the same shards links them from
+# $SNAKEMAKE_OUTPUT_CACHE (README, "Sharing shards and the demo model between checkouts"). The key
+# hashes the script, params, the declared package modules and the keys of the jobs upstream, so
+# every value that changes the shards must arrive through params: or input:, never from config in
+# the script. No benchmark: Snakemake refuses one on a cached rule.
 rule make_shards:
     input:
         corpus=corpus_inputs(),
@@ -28,8 +33,7 @@ rule make_shards:
         manifest=f"{RUN}/data/manifest.json",
     log:
         f"{LOGS}/make_shards.log",
-    benchmark:
-        f"{BENCHMARKS}/make_shards.tsv"
+    cache: True
     conda:
         "../envs/data.yaml"
     threads: 2

@@ -1,6 +1,9 @@
 # The offline demo: a SlimPajama-627B-layout corpus written from the Python standard library, and a
 # small Llama (GQA, RoPE) with a byte-level BPE tokenizer, trained briefly and deterministically on
 # its train split. Used only while config points model.name_or_path / data.source at them.
+# Both are cache: True, like make_shards (see rules/data.smk): with `--cache`, checkouts share them.
+# The corpus is cached too because otherwise a checkout taking the model from the cache would still
+# write the corpus (the cache is consulted when a job runs, not when the DAG is built).
 
 
 rule build_demo_corpus:
@@ -10,6 +13,7 @@ rule build_demo_corpus:
         corpus_dir=directory("resources/demo/slimpajama"),
     log:
         "results/logs/build_demo_corpus.log",
+    cache: True
     conda:
         "../envs/data.yaml"
     params:
@@ -26,8 +30,7 @@ rule build_demo_model:
         model_dir=directory("resources/demo/model"),
     log:
         "results/logs/build_demo_model.log",
-    benchmark:
-        "results/benchmarks/build_demo_model.tsv"
+    cache: True
     conda:
         "../envs/model.yaml"
     threads: 2
