@@ -205,3 +205,26 @@ def test_row_metrics_on_the_cpu_runs_the_fused_kernel(monkeypatch):
     )
     row_metrics(torch.zeros(2, 8), 0.8)
     assert calls == [0.8]
+
+
+def test_the_cpu_kernels_exp_is_within_an_ulp_of_float64():
+    from spectra_attn.cpu_kernels import exp_nonpositive
+
+    x = np.concatenate([np.linspace(-87.0, 0.0, 20001), -np.logspace(-8, 0, 200), [0.0]])
+    x = x.astype(np.float32)
+    got = np.array([exp_nonpositive(value) for value in x])
+    expected = np.exp(x.astype(np.float64))
+    np.testing.assert_allclose(got, expected, rtol=1.2e-7, atol=0)
+    assert exp_nonpositive(np.float32(0.0)) == 1.0  # so p_max = 1 / Σe exactly
+    for masked in (-87.01, MASKED_LOGIT, -np.inf):
+        assert exp_nonpositive(np.float32(masked)) == 0.0
+
+
+def test_grouped_query_logits_equal_those_of_repeated_keys():
+    """The one-GEMM path for grouped-query heads gives what broadcasting the key would."""
+    torch.manual_seed(5)
+    q, k = torch.randn(2, 3, 4, 30, 8), torch.randn(2, 3, 1, 30, 8)
+    grouped = causal_logits(q[..., 10:20, :], k, 0.4, 10)
+    repeated = causal_logits(q[..., 10:20, :], k.expand(2, 3, 4, 30, 8).contiguous(), 0.4, 10)
+    assert grouped.shape == (2, 3, 4, 10, 20)
+    torch.testing.assert_close(grouped, repeated)

@@ -81,16 +81,17 @@ def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics
     rows = z.numel() // keys
     threads = _match_torch_threads()
     z_max = z.amax(dim=-1).numpy().reshape(rows)
-    p = torch.softmax(z, dim=-1).numpy().reshape(rows, keys)  # masked logits give exactly 0
-    mean_d, mean_d2 = np.empty(rows), np.empty(rows)
+    e = np.empty((rows, keys), np.float32)
+    norm, mean_d, mean_d2 = np.empty(rows), np.empty(rows), np.empty(rows)
     out = {name: np.empty(rows, np.float32) for name in METRIC_NAMES}
     out["k_eff"] = np.empty(rows, np.int32)
-    cpu_kernels.moment_sums(
-        z.numpy().reshape(rows, keys), p, z_max, mean_d, mean_d2, out["sink_attn"]
+    cpu_kernels.exp_moments(
+        z.numpy().reshape(rows, keys), z_max, e, norm, mean_d, mean_d2, out["sink_attn"]
     )
-    cpu_kernels.sort_rows_in_place(p, threads)  # p is consumed: its rows become ascending
+    cpu_kernels.sort_rows_in_place(e, threads)
     cpu_kernels.finish_rows(
-        p,
+        e,
+        norm,
         mean_d,
         mean_d2,
         k_eff_threshold - K_EFF_TOLERANCE,
@@ -143,10 +144,20 @@ def causal_logits(
     keys (later keys are ignored). Masked positions (future keys, or keys beyond the sliding window)
     hold :data:`MASKED_LOGIT`. Computed in float32.
     """
-    rows = query.shape[-2]
+    rows, dim = query.shape[-2:]
     n_keys = query_start + rows
     # Scaling the [rows, d] queries is cheaper than scaling the [rows, keys] logits.
-    logits = torch.matmul(query.float() * scaling, key[..., :n_keys, :].float().transpose(-1, -2))
+    query = query.float() * scaling
+    key = key[..., :n_keys, :].float()
+    if query.dim() >= 3 and key.dim() == query.dim() and key.shape[-3] == 1 < query.shape[-3]:
+        # Grouped-query heads [..., groups, rows, d] sharing one key [..., 1, keys, d]: one GEMM of
+        # [groups · rows, d] × [d, keys] rather than a broadcast that copies the key per group.
+        groups = query.shape[-3]
+        folded = query.reshape(*query.shape[:-3], groups * rows, dim)
+        logits = torch.matmul(folded, key.squeeze(-3).transpose(-1, -2))
+        logits = logits.view(*query.shape[:-3], groups, rows, n_keys)
+    else:
+        logits = torch.matmul(query, key.transpose(-1, -2))
     if sliding_window is None:
         # Keys before query_start are visible to every row: only the last [rows, rows] square
         # holds future keys, so only it is written again (a full-width mask costs a whole pass).
