@@ -113,6 +113,57 @@ def _intervene(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sagemaker_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from spectra_attn.run_state import RemoteState, run_workflow, s3_client, snakemake_command
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    state = RemoteState(s3_client(), args.prefix, args.directory, args.sources)
+    command = snakemake_command(args.prefix, args.directory, args.profile, args.snakemake_args)
+    return run_workflow(state, command, push_every=args.push_every)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _sagemaker_launch(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from spectra_attn.sagemaker import default_job_name, launch, training_job_request
+
+    region = args.region
+    if region is None:
+        import boto3
+
+        region = boto3.session.Session().region_name  # from the environment or ~/.aws/config
+    request = training_job_request(
+        job_name=args.job_name or default_job_name(datetime.now(UTC)),
+        image=args.image,
+        role=args.role,
+        prefix=args.prefix,
+        snakemake_args=args.snakemake_args,
+        instance_type=args.instance_type,
+        volume_gb=args.volume_gb,
+        max_runtime_s=round(args.max_runtime_hours * 3600),
+        checkpoint_s3_uri=args.checkpoint_s3_uri,
+        environment=dict(args.env or []),
+        region=region,
+    )
+    if args.dry_run:
+        print(json.dumps(request, indent=2))
+        return 0
+    if region is None:
+        raise ValueError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
+    print(launch(request, region=region))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectra", description=__doc__)
     parser.add_argument("--version", action="version", version=f"spectra {__version__}")
@@ -187,6 +238,58 @@ def build_parser() -> argparse.ArgumentParser:
         "--checks", action="store_true", help="also run the three gate checks (on 2 samples)"
     )
     intervene.set_defaults(handler=_intervene)
+
+    sagemaker_parser = groups.add_parser(
+        "sagemaker", help="run on SageMaker: inputs, outputs and Snakemake's records in S3"
+    )
+    sagemaker_commands = sagemaker_parser.add_subparsers(dest="command", required=True)
+    run = sagemaker_commands.add_parser(
+        "run",
+        help="pull Snakemake's records from the prefix, run snakemake with the SageMaker "
+        "profile, push them back (also when it fails)",
+        epilog="example: spectra sagemaker run --prefix s3://my-bucket/spectra -- "
+        "--configfile llama3.yaml",
+    )
+    run.add_argument("--prefix", required=True, help="S3 prefix of the run: s3://bucket/path")
+    run.add_argument("--directory", default=".", help="Snakemake's working directory (default: .)")
+    run.add_argument("--profile", default="profiles/sagemaker", help="Snakemake profile")
+    run.add_argument(
+        "--sources",
+        default=".",
+        help="workflow checkout whose source files' mtimes are kept across containers",
+    )
+    run.add_argument(
+        "--push-every",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="also push the records this often while snakemake runs (0: only at the end)",
+    )
+    run.add_argument("snakemake_args", nargs="*", help="after --: arguments for snakemake")
+    run.set_defaults(handler=_sagemaker_run)
+
+    launch = sagemaker_commands.add_parser(
+        "launch", help="start the workflow as a SageMaker training job running `sagemaker run`"
+    )
+    launch.add_argument("--image", required=True, help="ECR image URI with this checkout")
+    launch.add_argument("--role", required=True, help="execution role ARN (S3 access)")
+    launch.add_argument("--prefix", required=True, help="S3 prefix of the run: s3://bucket/path")
+    launch.add_argument("--instance-type", default="ml.g5.2xlarge")
+    launch.add_argument("--volume-gb", type=int, default=100, help="instance storage")
+    launch.add_argument("--max-runtime-hours", type=float, default=24)
+    launch.add_argument(
+        "--checkpoint-s3-uri", help="synced with /opt/ml/checkpoints (the workflow needs none)"
+    )
+    launch.add_argument(
+        "--env", action="append", type=_key_value, metavar="NAME=VALUE", help="repeatable"
+    )
+    launch.add_argument("--job-name", help="default: spectra-<UTC date-time>")
+    launch.add_argument("--region", help="default: boto3's (AWS_DEFAULT_REGION, ~/.aws/config)")
+    launch.add_argument(
+        "--dry-run", action="store_true", help="print the CreateTrainingJob request as JSON"
+    )
+    launch.add_argument("snakemake_args", nargs="*", help="after --: arguments for snakemake")
+    launch.set_defaults(handler=_sagemaker_launch)
     return parser
 
 
