@@ -14,7 +14,11 @@ Bench model: a Llama config with hidden 256, 8 layers, 8 heads, 2 KV heads, voca
   * ``seed``: the seed's way — forward hooks on each layer's input norm, per-layer recompute of
     pre-RoPE q/k and the full [heads, T, T] softmax, the metrics by masked_fill/sort, rows appended
     to a CSV with pandas.
-Runs alternate (forward, capture, seed, forward, ...) and medians are compared.
+  * ``capture_torch_ops`` (with ``--torch-ops``): capture with the metrics as composed torch
+    operations (what a GPU runs) instead of the CPU's fused kernels.
+Runs alternate (forward, capture, [capture_torch_ops,] seed, forward, ...) and medians are
+compared. spectra_attn sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it: run with
+``OMP_WAIT_POLICY=ACTIVE`` to see the difference.
 
 ``long-context``: one sample of T tokens per fresh subprocess; time and peak resident memory of the
 plain forward and of capture (query blocks of 256).
@@ -143,7 +147,12 @@ def overhead(args) -> None:
     tokens = generator.integers(1, BENCH["vocab_size"], size=(16, 512), dtype=np.int32)
     sample_ids = np.arange(len(tokens))
     settings = CaptureSettings(rope="pre", query_block_size=args.block)
-    timings: dict[str, list[float]] = {"forward": [], "capture": [], "seed": []}
+    timings: dict[str, list[float]] = {
+        "forward": [],
+        "capture": [],
+        "capture_torch_ops": [],
+        "seed": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         plain_forward(model, tokens[:8], 8)  # warm-up
         # Warm-up of capture: the first call compiles the CPU kernel (or loads Numba's cache).
@@ -168,6 +177,21 @@ def overhead(args) -> None:
             timings["capture"].append(time.perf_counter() - start)
             model.set_attn_implementation("sdpa")
 
+            if args.torch_ops:
+                # The same capture with the metrics as composed torch operations (the GPU's path).
+                import spectra_attn.metrics as metrics
+
+                fused = metrics._row_metrics_cpu
+                metrics._row_metrics_cpu = metrics._row_metrics_torch
+                use_capture_attention(model)
+                start = time.perf_counter()
+                capture_to_parquet(
+                    model, tokens, sample_ids, f"{tmp}/torch_ops.parquet", settings, args.batch_size
+                )
+                timings["capture_torch_ops"].append(time.perf_counter() - start)
+                model.set_attn_implementation("sdpa")
+                metrics._row_metrics_cpu = fused
+
             if not args.skip_seed:
                 start = time.perf_counter()
                 seed_style(model, tokens, args.batch_size, Path(tmp) / f"seed_{repeat}.csv")
@@ -181,7 +205,7 @@ def overhead(args) -> None:
         if values:
             median = statistics.median(values)
             runs = ", ".join(f"{v:.2f}" for v in values)
-            print(f"{name:>8}: {median:7.2f} s  ({median / forward:4.2f}× forward; runs {runs})")
+            print(f"{name:>17}: {median:7.2f} s  ({median / forward:4.2f}× forward; runs {runs})")
     print(f"capture rows: {rows} ({rows / statistics.median(timings['capture']):,.0f} rows/s)")
 
 
@@ -192,6 +216,11 @@ def one_length(args) -> None:
     torch.set_num_threads(args.threads)
     model = bench_model("cpu")
     tokens = np.random.default_rng(0).integers(1, 4096, size=(1, args.length), dtype=np.int32)
+    if args.mode == "capture":
+        # Load the CPU kernels (Numba, from its cache) first: a fixed cost, not one of T.
+        from spectra_attn.metrics import row_metrics
+
+        row_metrics(torch.zeros(2, 16))
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if args.mode == "forward":
@@ -252,6 +281,9 @@ def main() -> None:
     first.add_argument("--device", default="cpu")
     first.add_argument("--threads", type=int, default=2)
     first.add_argument("--skip-seed", action="store_true")
+    first.add_argument(
+        "--torch-ops", action="store_true", help="also time capture with torch-composed metrics"
+    )
     first.add_argument("--block", type=int, default=128, help="capture's query block size")
     first.set_defaults(handler=overhead)
     second = commands.add_parser("long-context")
