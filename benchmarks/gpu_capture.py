@@ -118,6 +118,7 @@ def check_against_eager(model, tokens: np.ndarray, device: torch.device) -> dict
 
 def check_against_cpu_kernel(model, tokens: np.ndarray, device: torch.device) -> dict:
     """One layer's pre-RoPE logits: the device's implementation against the CPU's fused kernel."""
+    from spectra_attn.capture import pre_rope_source
     from spectra_attn.metrics import (
         METRIC_NAMES,
         _row_metrics_cpu,
@@ -128,8 +129,10 @@ def check_against_cpu_kernel(model, tokens: np.ndarray, device: torch.device) ->
     attention = model.model.layers[len(model.model.layers) // 2].self_attn
     kept = {}
     handles = [
-        attention.q_proj.register_forward_hook(lambda m, i, o: kept.__setitem__("q", o)),
-        attention.k_proj.register_forward_hook(lambda m, i, o: kept.__setitem__("k", o)),
+        pre_rope_source(attention, kind).register_forward_hook(
+            lambda m, i, o, kind=kind: kept.__setitem__(kind, o)
+        )
+        for kind in ("q", "k")
     ]
     with torch.inference_mode():
         model(torch.from_numpy(tokens[:1].astype(np.int64)).to(device), logits_to_keep=1)

@@ -5,7 +5,7 @@
 rule aggregate_partial:
     input:
         part=f"{RUN}/capture/part_{{part}}.parquet",
-        code=package_code("aggregate"),
+        code=package_code("aggregate_partial"),
     output:
         partial=directory(f"{RUN}/aggregate/partials/part_{{part}}"),
     log:

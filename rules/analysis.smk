@@ -8,9 +8,7 @@ rule atlas:
         manifest=rules.make_shards.output.manifest,
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
-        code=package_code(
-            "atlas", "gain", "capture", "metrics", "cpu_kernels", "samples", "shards"
-        ),
+        code=package_code("atlas"),
     output:
         part=f"{RUN}/atlas/part_{{part}}.parquet",
     log:
@@ -38,7 +36,7 @@ rule check_atlas_vs_sweep:
     input:
         atlas=atlas_parts(),
         sweeps=sweep_tables,
-        code=package_code("atlas"),
+        code=package_code("check_atlas_vs_sweep"),
     output:
         report=f"{RUN}/checks/atlas_vs_sweep.json",
     log:
@@ -54,7 +52,7 @@ rule check_atlas_vs_sweep:
 rule atlas_gain:
     input:
         parts=atlas_parts(),
-        code=package_code("atlas", "gain"),
+        code=package_code("atlas_gain"),
     output:
         gains=f"{RUN}/atlas/atlas_gain.csv",
     log:
@@ -72,7 +70,7 @@ rule gain:
         checks=check_reports,
         atlas_check=rules.check_atlas_vs_sweep.output.report,
         atlas=rules.atlas_gain.output.gains,
-        code=package_code("gain", "intervention"),
+        code=package_code("gain"),
     output:
         summary=f"{RUN}/gain/gain_summary.csv",
         verdict=f"{RUN}/gain/verdict.json",

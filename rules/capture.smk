@@ -5,7 +5,7 @@
 rule capture_samples:
     input:
         manifest=rules.make_shards.output.manifest,
-        code=package_code("samples", "shards", "io"),
+        code=package_code("capture_samples"),
     output:
         samples=f"{RUN}/capture/samples.parquet",
     log:
@@ -23,9 +23,7 @@ rule capture:
         manifest=rules.make_shards.output.manifest,
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
-        code=package_code(
-            "capture", "metrics", "cpu_kernels", "samples", "shards", "io"
-        ),
+        code=package_code("capture"),
     output:
         part=f"{RUN}/capture/part_{{part}}.parquet",
     log:

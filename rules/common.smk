@@ -9,7 +9,9 @@ from snakemake.exceptions import WorkflowError
 # Importing the package also sets OMP_WAIT_POLICY for the jobs (see spectra_attn/__init__.py).
 from spectra_attn import config as spectra_config
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
+from spectra_attn.gates import ATLAS_TOLERANCES
 from spectra_attn.samples import sample_ranges
+from spectra_attn.workflow import package_modules
 
 # The package's validator (same schema as `spectra config show`) fills defaults and names every
 # unknown or invalid key at once, before any job is scheduled.
@@ -25,12 +27,14 @@ PACKAGE = Path(workflow.basedir) / "src" / "spectra_attn"
 HUB_DATASET_DIR = str(hub_cache_dir(config["data"]["source"], config["data"]["split"]))
 
 
-def package_code(*modules):
-    """Package modules that a job runs, declared as its inputs so that editing them reruns it
-    (Snakemake tracks only the script itself). local(): they stay in the checkout even when a
-    default storage provider (S3 on SageMaker) maps every other path to remote storage.
+def package_code(script):
+    """The package modules that workflow_scripts/<script>.py runs (read from its imports,
+    transitively), declared as the job's inputs so that editing them reruns it (Snakemake tracks
+    only the script itself). local(): they stay in the checkout even when a default storage
+    provider (S3 on SageMaker) maps every other path to remote storage.
     """
-    return [local(str(PACKAGE / f"{module}.py")) for module in ("__init__", *modules)]
+    path = Path(workflow.basedir) / "workflow_scripts" / f"{script}.py"
+    return [local(str(module)) for module in package_modules(path, PACKAGE)]
 
 
 def model_inputs():
@@ -166,10 +170,8 @@ def atlas_scales():
 
 
 def atlas_tolerance():
-    """Relative tolerance of the atlas-vs-sweep check, by model dtype (as the gate checks)."""
-    return {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}[
-        config["model"]["dtype"]
-    ]
+    """Relative tolerance of the atlas-vs-sweep check for the model's dtype."""
+    return ATLAS_TOLERANCES[config["model"]["dtype"]]
 
 
 def head_files(template):

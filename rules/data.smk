@@ -27,7 +27,7 @@ rule make_shards:
     input:
         corpus=corpus_inputs(),
         model=model_inputs(),
-        code=package_code("shards", "corpus", "io"),
+        code=package_code("make_shards"),
     output:
         shards=directory(f"{RUN}/data/shards"),
         manifest=f"{RUN}/data/manifest.json",

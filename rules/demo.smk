@@ -8,7 +8,7 @@
 
 rule build_demo_corpus:
     input:
-        code=package_code("demo_corpus", "io"),
+        code=package_code("build_demo_corpus"),
     output:
         corpus_dir=directory("resources/demo/slimpajama"),
     log:
@@ -25,7 +25,7 @@ rule build_demo_corpus:
 rule build_demo_model:
     input:
         corpus_dir=rules.build_demo_corpus.output.corpus_dir,
-        code=package_code("demo_model", "corpus"),
+        code=package_code("build_demo_model"),
     output:
         model_dir=directory("resources/demo/model"),
     log:

@@ -6,7 +6,7 @@
 checkpoint select_heads:
     input:
         parts=capture_parts(),
-        code=package_code("selection"),
+        code=package_code("select_heads"),
     output:
         heads=f"{RUN}/intervention/selected_heads.json",
         correlations=f"{RUN}/intervention/head_correlations.csv",
@@ -23,15 +23,7 @@ rule intervention_sweep:
         manifest=rules.make_shards.output.manifest,
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
-        code=package_code(
-            "intervention",
-            "capture",
-            "metrics",
-            "cpu_kernels",
-            "samples",
-            "shards",
-            "io",
-        ),
+        code=package_code("intervention_sweep"),
     output:
         tokens=f"{RUN}/intervention/L{{layer}}_H{{head}}/tokens.parquet",
         sweep=f"{RUN}/intervention/L{{layer}}_H{{head}}/sweep.parquet",
@@ -65,9 +57,7 @@ rule check_baseline_sanity:
         manifest=rules.make_shards.output.manifest,
         shards=rules.make_shards.output.shards,
         model=model_inputs(),
-        code=package_code(
-            "checks", "intervention", "capture", "metrics", "cpu_kernels", "samples"
-        ),
+        code=package_code("check_intervention"),
     output:
         report=f"{RUN}/checks/baseline_sanity_L{{layer}}_H{{head}}.json",
     log:

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spectra_attn.atlas import atlas_gains, atlas_table, compare_with_sweep
+from spectra_attn.atlas import atlas_table
 from spectra_attn.capture import CaptureSettings, use_capture_attention
+from spectra_attn.gain import atlas_gains, compare_with_sweep
 from spectra_attn.intervention import HeadSpec, run_sweep
 
 from .test_capture import input_ids, tiny_model

@@ -1,13 +1,11 @@
 """Snakemake adapter: the OLS gain of every head from the atlas parts."""
 
-from spectra_attn.atlas import atlas_gains
-from spectra_attn.io import atomic_path
+from spectra_attn.gain import atlas_gains
+from spectra_attn.io import write_csv
 
 
 def main(snakemake) -> None:
-    gains = atlas_gains(list(snakemake.input.parts))
-    with atomic_path(snakemake.output.gains) as tmp:
-        gains.to_csv(tmp, index=False)
+    write_csv(atlas_gains(list(snakemake.input.parts)), snakemake.output.gains)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,15 @@ import logging
 
 import pandas as pd
 
-from spectra_attn.atlas import compare_with_sweep
-from spectra_attn.checks import require
+from spectra_attn.gain import compare_with_sweep
+from spectra_attn.gates import require
 from spectra_attn.io import write_json
 
 
 def main(snakemake) -> None:
     sweep = pd.concat([pd.read_parquet(p) for p in snakemake.input.sweeps], ignore_index=True)
     report = compare_with_sweep(list(snakemake.input.atlas), sweep, snakemake.params.tolerance)
-    logging.getLogger("spectra_attn.atlas").info("report:\n%s", json.dumps(report, indent=2))
+    logging.getLogger("spectra_attn.gain").info("report:\n%s", json.dumps(report, indent=2))
     require({**report, "layer": "*", "head": "*", "role": "all intervened heads"})
     write_json(snakemake.output.report, report)
 

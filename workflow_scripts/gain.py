@@ -5,7 +5,7 @@ import logging
 import pandas as pd
 
 from spectra_attn.gain import head_gains, verdict
-from spectra_attn.io import atomic_path, write_json
+from spectra_attn.io import write_csv, write_json
 
 
 def main(snakemake) -> None:
@@ -24,8 +24,7 @@ def main(snakemake) -> None:
     result["target_percentile"] = float(atlas.loc[target, "percentile_max_attn"])
     result["heads_in_atlas"] = len(atlas)
     logging.getLogger("spectra_attn.gain").info("verdict: %s", result)
-    with atomic_path(snakemake.output.summary) as tmp:
-        gains.to_csv(tmp, index=False)
+    write_csv(gains, snakemake.output.summary)
     write_json(snakemake.output.verdict, result)
 
 

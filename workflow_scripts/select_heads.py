@@ -2,7 +2,7 @@
 
 import logging
 
-from spectra_attn.io import atomic_path, write_json
+from spectra_attn.io import write_csv, write_json
 from spectra_attn.selection import head_correlations, select_heads
 
 
@@ -11,8 +11,7 @@ def main(snakemake) -> None:
     heads = select_heads(correlations)
     for head in heads:
         logging.getLogger("spectra_attn.selection").info("selected %s", head)
-    with atomic_path(snakemake.output.correlations) as tmp:
-        correlations.to_csv(tmp, index=False)
+    write_csv(correlations, snakemake.output.correlations)
     write_json(snakemake.output.heads, {"heads": heads})
 
 

@@ -25,6 +25,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from spectra_attn.io import atomic_path
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("query_norm", "entropy", "max_attn", "k_eff", "sink_attn")
@@ -229,9 +231,11 @@ def reduce_aggregates(
     )
     summary["sink_share"] = summary["sink_attn_mean"]
 
-    histograms = con.execute(
-        "SELECT metric, layer, head, bin, sum(count) AS count FROM histograms GROUP BY ALL"
-    ).df()
+    con.execute(
+        """CREATE TABLE histogram_counts AS SELECT metric, layer, head, bin, sum(count) AS count
+           FROM histograms GROUP BY ALL ORDER BY ALL"""
+    )
+    histograms = con.execute("SELECT * FROM histogram_counts").df()
     row_of = {key: i for i, key in enumerate(zip(summary["layer"], summary["head"], strict=True))}
     for m in METRICS:
         edges = histogram_edges(m, context_length, bins)
@@ -262,19 +266,13 @@ def reduce_aggregates(
             SELECT layer, head, token_pos, {means} FROM positions
             GROUP BY ALL ORDER BY layer, head, token_pos"""
     )
-    con.execute(
-        """CREATE TABLE histogram_counts AS SELECT metric, layer, head, bin, sum(count) AS count
-           FROM histograms GROUP BY ALL ORDER BY ALL"""
-    )
     for name in ("moments", "histograms", "positions"):  # views onto files outside the database
         con.execute(f"DROP VIEW {name}")
     con.execute("DROP TABLE merged")
     for table in ("head_summary", "position_profile"):
         for extension, options in (("parquet", "FORMAT parquet"), ("csv", "HEADER")):
-            target = exports_dir / f"{table}.{extension}"
-            staging = exports_dir / f".{table}.{extension}.tmp"
-            con.execute(f"COPY {table} TO '{staging}' ({options})")
-            os.replace(staging, target)
+            with atomic_path(exports_dir / f"{table}.{extension}") as staging:
+                con.execute(f"COPY {table} TO '{staging}' ({options})")
     con.close()
     os.replace(tmp_db, database)
     logger.info("aggregated %d heads from %d partials", len(summary), len(partial_dirs))

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectra_attn.metrics import blocked_metrics, causal_logits
+from spectra_attn.metrics import METRIC_NAMES, blocked_metrics, causal_logits
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,20 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return sorted(modules, key=lambda m: m.layer_idx)
 
 
+def pre_rope_source(attention: torch.nn.Module, kind: str) -> torch.nn.Module:
+    """The module whose output is an attention module's pre-RoPE query (``kind="q"``) or key
+    (``"k"``): ``q_norm``/``k_norm`` where the model has them (Qwen3, OLMo-2), else the
+    projection."""
+    return getattr(attention, f"{kind}_norm", None) or getattr(attention, f"{kind}_proj")
+
+
+def head_dim(model_config: Any) -> int:
+    """Per-head width: the config's ``head_dim`` where set, else hidden size / heads."""
+    return getattr(model_config, "head_dim", None) or (
+        model_config.hidden_size // model_config.num_attention_heads
+    )
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model a job loads, and how."""
@@ -172,9 +186,7 @@ class AttentionRecorder:
             m for m in attention_modules(model) if layers is None or m.layer_idx in layers
         ]
         self.num_heads = model.config.num_attention_heads
-        self.head_dim = getattr(model.config, "head_dim", None) or (
-            model.config.hidden_size // self.num_heads
-        )
+        self.head_dim = head_dim(model.config)
         self.heads = heads
         self.keep_logits = keep_logits
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
@@ -196,11 +208,10 @@ class AttentionRecorder:
         if self.settings.rope == "pre":
             for module in self.modules:
                 for kind in ("q", "k"):
-                    source = getattr(module, f"{kind}_norm", None) or getattr(
-                        module, f"{kind}_proj"
-                    )
                     self._handles.append(
-                        source.register_forward_hook(self._hook(module.layer_idx, kind))
+                        pre_rope_source(module, kind).register_forward_hook(
+                            self._hook(module.layer_idx, kind)
+                        )
                     )
         self._token = _ACTIVE_RECORDER.set(self)
         return self
@@ -288,15 +299,9 @@ def head_metrics(
         settings.query_block_size,
         sliding_window,
     )
-    out = {
-        "query_norm": torch.linalg.vector_norm(query.float(), dim=-1),
-        "entropy": metrics.entropy.reshape(batch, heads, length),
-        "max_attn": metrics.max_attn.reshape(batch, heads, length),
-        "k_eff": metrics.k_eff.reshape(batch, heads, length),
-        "sink_attn": metrics.sink_attn.reshape(batch, heads, length),
-        "gain_max_attn": metrics.gain_max_attn.reshape(batch, heads, length),
-        "gain_entropy": metrics.gain_entropy.reshape(batch, heads, length),
-    }
+    out = {"query_norm": torch.linalg.vector_norm(query.float(), dim=-1)}
+    for name in METRIC_NAMES:
+        out[name] = getattr(metrics, name).reshape(batch, heads, length)
     out["entropy"][..., : settings.entropy_skip_tokens] = float("nan")
     return {name: value.cpu() for name, value in out.items()}
 

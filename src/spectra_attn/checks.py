@@ -16,16 +16,17 @@ from typing import Any
 
 import torch
 
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_modules
+from spectra_attn.capture import (
+    AttentionRecorder,
+    CaptureSettings,
+    ModelSpec,
+    attention_modules,
+    head_dim,
+    pre_rope_source,
+)
+from spectra_attn.gates import TOLERANCES, require
+from spectra_attn.gates import CheckFailed as CheckFailed  # raised by require(); re-exported
 from spectra_attn.intervention import TOKEN_METRICS, HeadSpec, QueryScaler, query_source
-
-# Largest deviation accepted, by model dtype: exact arithmetic agrees to float32 rounding; half
-# precision rounds the scaled query itself (bf16 keeps 8 bits of mantissa).
-TOLERANCES = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
-
-
-class CheckFailed(RuntimeError):
-    """A gate check did not pass; the message says what deviated and by how much."""
 
 
 def tolerance_for(model: torch.nn.Module) -> float:
@@ -101,12 +102,10 @@ def isolation(
     attention = next(m for m in attention_modules(model) if m.layer_idx == spec.layer)
     sources = {
         "query": query_source(model, spec.layer),
-        "key": getattr(attention, "k_norm", None) or attention.k_proj,
+        "key": pre_rope_source(attention, "k"),
         "value": attention.v_proj,
     }
-    head_dim = getattr(model.config, "head_dim", None) or (
-        model.config.hidden_size // model.config.num_attention_heads
-    )
+    width = head_dim(model.config)
 
     def record(factors):
         seen: dict[str, torch.Tensor] = {}
@@ -114,7 +113,7 @@ def isolation(
             handles = [  # registered after the scaler, so they see its output
                 module.register_forward_hook(
                     lambda m, i, o, name=name: seen.__setitem__(
-                        name, o.detach().float().cpu().reshape(*o.shape[:2], -1, head_dim)
+                        name, o.detach().float().cpu().reshape(*o.shape[:2], -1, width)
                     )
                 )
                 for name, module in sources.items()
@@ -172,17 +171,6 @@ def temperature_identity(
     return _report(
         "temperature_identity", spec, tolerance_for(model), deviations, rope=settings.rope
     )
-
-
-def require(report: dict[str, Any]) -> None:
-    """Raise CheckFailed, with the deviations, if the report did not pass."""
-    if not report["passed"]:
-        failing = {k: v for k, v in report["deviations"].items() if v > report["tolerance"]}
-        raise CheckFailed(
-            f"{report['check']} failed for L{report['layer']}_H{report['head']} "
-            f"({report['role']}): deviations above the tolerance {report['tolerance']:g}: "
-            + ", ".join(f"{k}={v:.3g}" for k, v in failing.items())
-        )
 
 
 def run_check(

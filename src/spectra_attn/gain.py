@@ -165,3 +165,52 @@ def verdict(
         "failure_criterion_met": failure,
         "verdict": statement,
     }
+
+
+# -- the gain atlas (spectra_attn.atlas writes its parts) ----------------------------------------
+def atlas_gains(parts: list[str]) -> pd.DataFrame:
+    """OLS gain of each metric against ln(scale) for every (layer, head), over per-scale means
+    across all samples, and each head's percentile of max_attn gain among all heads."""
+    rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    means = rows.groupby(["layer", "head", "scale"])[list(GAIN_METRICS)].mean().reset_index()
+    records = []
+    for (layer, head), group in means.groupby(["layer", "head"], sort=True):
+        group = group.sort_values("scale")
+        log_scale = np.log(group["scale"].to_numpy(np.float64))
+        record = {"layer": int(layer), "head": int(head)}
+        for metric in GAIN_METRICS:
+            fit = ols(log_scale, group[metric].to_numpy(np.float64))
+            record[f"gain_{metric}"] = fit.slope
+            record[f"gain_{metric}_stderr"] = fit.stderr
+        records.append(record)
+    gains = pd.DataFrame(records)
+    # Percentile: share of heads whose gain is at most this head's.
+    values = gains["gain_max_attn"].to_numpy()
+    gains["percentile_max_attn"] = (values[None, :] <= values[:, None]).mean(axis=1) * 100
+    return gains
+
+
+def compare_with_sweep(atlas_parts: list[str], sweep: pd.DataFrame, tolerance: float) -> dict:
+    """The atlas's per-sample means against the hook-based sweep's, on the samples and scales both
+    hold, for every intervened head. Returns a check report."""
+    atlas = pd.concat([pd.read_parquet(p) for p in atlas_parts], ignore_index=True)
+    keys = ["layer", "head", "scale", "sample_id"]
+    atlas = atlas.astype({"layer": "int64", "head": "int64", "sample_id": "int64"})
+    sweep = sweep.astype({"layer": "int64", "head": "int64", "sample_id": "int64"})
+    atlas["scale"] = atlas["scale"].round(6)
+    sweep = sweep.assign(scale=sweep["scale"].round(6))
+    joined = sweep.merge(atlas, on=keys, suffixes=("_sweep", "_atlas"))
+    deviations = {}
+    for metric in GAIN_METRICS:
+        a, b = joined[f"{metric}_atlas"], joined[f"{metric}_sweep"]
+        deviations[metric] = float(((a - b).abs() / b.abs().clip(lower=1e-6)).max())
+    worst = max(deviations.values()) if len(joined) else float("inf")
+    return {
+        "check": "atlas_vs_sweep",
+        "passed": bool(len(joined) > 0 and worst <= tolerance),
+        "tolerance": tolerance,
+        "max_deviation": worst,
+        "deviations": deviations,
+        "compared_rows": int(len(joined)),
+        "heads": sorted({f"L{r.layer}_H{r.head}" for r in joined[["layer", "head"]].itertuples()}),
+    }

@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_modules
+from spectra_attn.capture import (
+    AttentionRecorder,
+    CaptureSettings,
+    ModelSpec,
+    attention_modules,
+    head_dim,
+    pre_rope_source,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +72,7 @@ def query_source(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     """The module whose output is the layer's pre-RoPE query: ``q_norm`` if present, else
     ``q_proj``."""
     attention = next(m for m in attention_modules(model) if m.layer_idx == layer)
-    return getattr(attention, "q_norm", None) or attention.q_proj
+    return pre_rope_source(attention, "q")
 
 
 class QueryScaler:
@@ -77,10 +84,7 @@ class QueryScaler:
         self.layer = layer
         self.head = head
         self.scales = scales
-        config = model.config
-        self.head_dim = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads
-        )
+        self.head_dim = head_dim(model.config)
         self._handle = None
 
     def scale_output(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
@@ -343,7 +347,7 @@ def run_head_sweep(
     """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet; seed_csv, trends
     CSV), each atomically. Returns the trend analysis."""
     from spectra_attn.capture import prepare
-    from spectra_attn.io import atomic_path, write_parquet
+    from spectra_attn.io import write_csv, write_parquet
 
     table, tokens, loaded = prepare(
         model, manifest_path, 0, n_samples, lambda config: check_heads([spec], config)
@@ -355,7 +359,6 @@ def run_head_sweep(
     trends = trend_analysis(sample_table)
     write_parquet(token_table, outputs["tokens"])
     write_parquet(sample_table, outputs["sweep"])
-    for key, frame in (("seed_csv", seed_results_table(sample_table)), ("trends", trends)):
-        with atomic_path(outputs[key]) as tmp:
-            frame.to_csv(tmp, index=False)
+    write_csv(seed_results_table(sample_table), outputs["seed_csv"])
+    write_csv(trends, outputs["trends"])
     return trends

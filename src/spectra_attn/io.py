@@ -67,6 +67,12 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def write_csv(frame, path: str | Path) -> None:
+    """Write a pandas DataFrame as CSV, atomically, without the pandas index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def write_parquet(frame, path: str | Path) -> None:
     """Write a pandas DataFrame as a zstd Parquet file, atomically, without the pandas index."""
     with atomic_path(path) as tmp:

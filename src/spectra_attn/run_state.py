@@ -39,6 +39,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from spectra_attn.io import sha256_file
+
 log = logging.getLogger("spectra.run_state")
 
 STATE_KEY = ".snakemake-state/state.tar.gz"
@@ -96,14 +98,6 @@ def s3_client(environ: Mapping[str, str] = os.environ):
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(root: Path, entries: Sequence[str]) -> list[Path]:
     """Regular files under ``root/entry`` for each entry (a file or a directory), sorted."""
     found = []
@@ -126,7 +120,7 @@ def state_fingerprint(snakemake_dir: str | Path) -> str:
     digest = hashlib.sha256()
     for path in _files(snakemake_dir, STATE_ENTRIES):
         try:
-            content = _sha256(path)
+            content = sha256_file(path)
         except FileNotFoundError:  # an incomplete marker removed meanwhile: a job finished
             continue
         digest.update(path.relative_to(snakemake_dir).as_posix().encode() + b"\0")
@@ -138,7 +132,10 @@ def source_manifest(root: str | Path) -> dict[str, dict]:
     """``{relative path: {"sha256", "mtime"}}`` of the workflow source files under ``root``."""
     root = Path(root)
     return {
-        path.relative_to(root).as_posix(): {"sha256": _sha256(path), "mtime": path.stat().st_mtime}
+        path.relative_to(root).as_posix(): {
+            "sha256": sha256_file(path),
+            "mtime": path.stat().st_mtime,
+        }
         for path in _files(root, WORKFLOW_SOURCES)
     }
 
@@ -157,7 +154,7 @@ def restore_source_mtimes(root: str | Path, manifest: Mapping[str, Mapping]) -> 
         if not path.is_file():
             continue
         stat = path.stat()
-        if recorded["mtime"] < stat.st_mtime and _sha256(path) == recorded["sha256"]:
+        if recorded["mtime"] < stat.st_mtime and sha256_file(path) == recorded["sha256"]:
             os.utime(path, (stat.st_atime, recorded["mtime"]))
             restored += 1
     return restored

@@ -1,10 +1,14 @@
-"""Glue shared by the Snakemake adapters in workflow_scripts/: logging into the rule's log file."""
+"""Glue shared by the Snakemake rules and adapters: logging into the rule's log file, and which
+package modules a rule's script runs."""
 
 from __future__ import annotations
 
+import ast
 import logging
 import sys
 from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def setup_logging(log_path: str | Path, level: int = logging.INFO) -> None:
@@ -24,3 +28,34 @@ def setup_logging(log_path: str | Path, level: int = logging.INFO) -> None:
         sys.__excepthook__(exc_type, exc_value, exc_traceback)
 
     sys.excepthook = log_uncaught
+
+
+def package_modules(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> list[Path]:
+    """The ``spectra_attn`` modules that ``script`` imports, directly or through each other,
+    including imports inside functions, and the package's ``__init__.py``; sorted.
+
+    Rules declare them as inputs so that editing any module a job runs reruns it: read from the
+    imports, the list cannot drift from the code as a hand-written one does.
+    """
+    package_dir = Path(package_dir)
+    found = {package_dir / "__init__.py"}
+    pending = [Path(script)]
+    while pending:
+        tree = ast.parse(pending.pop().read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from spectra_attn.x import y` and `from spectra_attn import x` (x a module)
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "spectra_attn" or len(parts) != 2:
+                    continue
+                module = package_dir / f"{parts[1]}.py"
+                if module.is_file() and module not in found:
+                    found.add(module)
+                    pending.append(module)
+    return sorted(found)

@@ -1,0 +1,41 @@
+"""Which package modules a rule's script runs: read from its imports, transitively."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spectra_attn.workflow import PACKAGE_DIR, package_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def names(script: str) -> set[str]:
+    return {path.stem for path in package_modules(ROOT / "workflow_scripts" / f"{script}.py")}
+
+
+def test_capture_runs_the_metrics_kernels_and_the_shard_readers():
+    # capture → metrics → cpu_kernels (a lazy import inside a function), samples → shards
+    assert {"__init__", "capture", "metrics", "cpu_kernels", "samples", "shards", "io"} <= names(
+        "capture"
+    )
+
+
+def test_analysis_scripts_do_not_pull_in_the_model_code():
+    for script in ("check_atlas_vs_sweep", "gain", "plots", "aggregate", "atlas_gain"):
+        assert not {"capture", "metrics", "checks"} & names(script), script
+
+
+def test_from_package_import_module_counts(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("from spectra_attn import gates\n\ndef f():\n    import spectra_attn.io\n")
+    assert names_of(script) == {"__init__", "gates", "io"}
+
+
+def names_of(script: Path) -> set[str]:
+    return {path.stem for path in package_modules(script)}
+
+
+def test_every_module_found_exists_in_the_package():
+    for script in (ROOT / "workflow_scripts").glob("*.py"):
+        for path in package_modules(script):
+            assert path.parent == PACKAGE_DIR and path.is_file()
