@@ -181,8 +181,7 @@ def overhead(args) -> None:
                 # The same capture with the metrics as composed torch operations (the GPU's path).
                 import spectra_attn.metrics as metrics
 
-                fused = metrics._row_metrics_cpu
-                metrics._row_metrics_cpu = metrics._row_metrics_torch
+                metrics.CPU_KERNEL = False
                 use_capture_attention(model)
                 start = time.perf_counter()
                 capture_to_parquet(
@@ -190,7 +189,7 @@ def overhead(args) -> None:
                 )
                 timings["capture_torch_ops"].append(time.perf_counter() - start)
                 model.set_attn_implementation("sdpa")
-                metrics._row_metrics_cpu = fused
+                metrics.CPU_KERNEL = True
 
             if not args.skip_seed:
                 start = time.perf_counter()

@@ -150,11 +150,12 @@ def test_results_do_not_keep_the_block_alive(metrics_of):
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
 
 
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 100, 512])
-@pytest.mark.parametrize("peak", [0.0, 2.0, 8.0])
-def test_k_eff_counted_by_chunks_equals_float64_sort(n, peak, metrics_of):
-    """The fused kernel counts k_eff 16 keys at a time from the top of the sorted row: the row
-    lengths around multiples of 16 and rows from flat to peaked cover every exit of that loop."""
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 512])
+@pytest.mark.parametrize("peak", [0.0, 0.05, 2.0, 8.0])
+def test_k_eff_by_selection_equals_float64_sort(n, peak, metrics_of):
+    """The CPU kernel finds k_eff by selection, on rows padded to a multiple of 32 keys: row
+    lengths around those multiples, and rows from flat (every key tied) through near-uniform (the
+    bench model's rows) to peaked, cover its paths."""
     generator = np.random.default_rng(n)
     logits = generator.normal(scale=peak, size=(256, n)) if peak else np.zeros((256, n))
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -168,9 +169,54 @@ def test_k_eff_counted_by_chunks_equals_float64_sort(n, peak, metrics_of):
     assert np.abs(k_eff[near] - expected[near]).max(initial=0) <= 1
 
 
+def _sorted_walk(values: np.ndarray, target: float) -> int:
+    """The reference: walk down the sorted values, summing in float64."""
+    top = np.cumsum(np.sort(values.astype(np.float64))[::-1])
+    return int(np.searchsorted(top, target, side="left")) + 1 if target <= top[-1] else len(top)
+
+
+ROWS_FOR_SELECTION = {
+    "near_uniform": lambda g: np.exp(g.normal(scale=0.05, size=300)),
+    "peaked": lambda g: np.exp(g.normal(scale=3.0, size=300)),
+    "sink": lambda g: np.concatenate([[50.0], np.exp(g.normal(size=299))]),
+    "ties": lambda g: np.repeat(g.uniform(size=6), 50),
+    "all_equal": lambda g: np.full(300, 0.25),
+    "zeros_padding": lambda g: np.concatenate([np.exp(g.normal(size=290)), np.zeros(10)]),
+    "two_values": lambda g: np.where(g.uniform(size=300) < 0.5, 1.0, np.nextafter(1.0, 0.0)),
+}
+
+
+@pytest.mark.parametrize("row", sorted(ROWS_FOR_SELECTION))
+@pytest.mark.parametrize(
+    ("guess", "spread"),
+    [(0.0, 0.0), (None, None), (1e3, 0.1), (1e-30, 0.1), (None, 0.0), (None, 50.0)],
+    ids=["no_guess", "moments", "too_high", "too_low", "no_spread", "huge_spread"],
+)
+@pytest.mark.parametrize("max_rounds", [0, 1, 48])
+@pytest.mark.parametrize("mass", [0.5, 0.9, 0.999])
+def test_keys_for_mass_is_exact_whatever_the_guess(row, guess, spread, max_rounds, mass):
+    """Every path of the selection (guess bracket, rounds, the peel of tied values, the final
+    sort when the rounds run out) gives what a walk down the sorted row gives; a guess only
+    changes how fast."""
+    from spectra_attn.cpu_kernels import keys_for_mass
+
+    values = ROWS_FOR_SELECTION[row](np.random.default_rng(len(row))).astype(np.float32)
+    values /= values.max()
+    total = float(values.astype(np.float64).sum())
+    target = mass * total
+    if guess is None:  # the kernel's own guess: the normal quantile from the moments
+        d = np.log(values[values > 0].astype(np.float64))
+        w = values[values > 0] / total
+        mean = float((w * d).sum())
+        sigma = float(np.sqrt(max((w * d * d).sum() - mean**2, 0.0))) if spread is None else spread
+        guess, spread = math.exp(mean + sigma * scipy.stats.norm.ppf(1 - mass)), sigma
+    scratch = np.empty_like(values)
+    got = keys_for_mass(values, target, total, scratch, max_rounds, guess, spread)
+    assert got == _sorted_walk(values, target)
+
+
 def test_fused_cpu_kernel_equals_torch_on_causal_blocks():
-    """Both implementations on what capture feeds them: causal and sliding-window blocks of a
-    grouped-query layer, masked keys included."""
+    """Both implementations on masked causal and sliding-window blocks of a grouped-query layer."""
     torch.manual_seed(3)
     q, k = torch.randn(2, 2, 4, 96, 16) * 2, torch.randn(2, 2, 1, 96, 16)
     for start, window in ((0, None), (40, None), (64, 24)):
@@ -181,6 +227,43 @@ def test_fused_cpu_kernel_equals_torch_on_causal_blocks():
             torch.testing.assert_close(
                 getattr(fused, name), getattr(reference, name), **tolerance, msg=name
             )
+
+
+@pytest.mark.parametrize(
+    ("length", "block_size", "window"),
+    [(100, 32, None), (77, 128, None), (130, 48, 20), (64, 64, 1)],
+)
+@pytest.mark.parametrize("scale", [0.05, 1.0, 3.0])
+def test_blocked_cpu_kernel_equals_the_masked_torch_path(length, block_size, window, scale):
+    """On the CPU, blocked_metrics leaves future keys and keys outside the window unmasked and
+    reads only each row's visible keys: it gives what masking them and running the torch
+    composition gives, on grouped-query heads, blocks that do not divide T, rows of every length
+    (so every padding to 32 keys) and sliding windows."""
+    from spectra_attn import metrics
+
+    torch.manual_seed(length)
+    q, k = torch.randn(2, 2, 3, length, 16) * scale, torch.randn(2, 2, 1, length, 16) * scale
+    fused = blocked_metrics(q, k, 0.25, 0.9, block_size, window)
+    reference = metrics.RowMetrics(
+        *(
+            torch.cat([getattr(part, name) for part in parts], dim=-1)
+            for parts in [
+                [
+                    _row_metrics_torch(
+                        causal_logits(q[..., s : s + block_size, :], k, 0.25, s, window), 0.9
+                    )
+                    for s in range(0, length, block_size)
+                ]
+            ]
+            for name in METRIC_NAMES
+        )
+    )
+    assert fused.entropy.shape == (2, 2, 3, length)
+    for name in METRIC_NAMES:
+        tolerance = {"rtol": 1e-4, "atol": 1e-5} if name.startswith("gain") else {}
+        torch.testing.assert_close(
+            getattr(fused, name), getattr(reference, name), **tolerance, msg=name
+        )
 
 
 @pytest.mark.parametrize("window", [None, 3, 100])

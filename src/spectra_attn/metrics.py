@@ -19,6 +19,7 @@ intervention without running it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ METRIC_NAMES = ("entropy", "max_attn", "k_eff", "sink_attn", "gain_max_attn", "g
 # Masked logits get this finite value rather than −inf: softmax gives them exactly 0, and
 # 0 · MASKED_LOGIT stays 0 where 0 · (−inf) would be NaN, so E_p[z] and E_p[z²] need no where().
 MASKED_LOGIT = -1e15
+# On the CPU, the metrics come from the Numba kernel (spectra_attn.cpu_kernels); False runs the
+# torch composition there too (what a GPU runs), for comparisons in benchmarks.
+CPU_KERNEL = True
 
 
 @dataclass
@@ -47,11 +51,11 @@ def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetric
     """Metrics of each row of ``logits`` (``[..., keys]``, key 0 first), in float32.
 
     Masked keys hold −inf or :data:`MASKED_LOGIT`; every row needs at least one visible key.
-    On the CPU they run as two fused kernels around one sort (:mod:`spectra_attn.cpu_kernels`);
-    elsewhere as torch operations. Both give the same metrics (tested against each other and against
+    On the CPU they run as one Numba kernel (:mod:`spectra_attn.cpu_kernels`); elsewhere as
+    torch operations. Both give the same metrics (tested against each other and against
     independent references).
     """
-    if logits.device.type == "cpu":
+    if logits.device.type == "cpu" and CPU_KERNEL:
         return _row_metrics_cpu(logits, k_eff_threshold)
     return _row_metrics_torch(logits, k_eff_threshold)
 
@@ -74,35 +78,58 @@ def _row_metrics_torch(logits: torch.Tensor, k_eff_threshold: float) -> RowMetri
 
 
 def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics:
-    from spectra_attn import cpu_kernels
-
     z = logits.detach().float().contiguous()
     shape, keys = z.shape[:-1], z.shape[-1]
     rows = z.numel() // keys
-    threads = _match_torch_threads()
-    z_max = z.amax(dim=-1).numpy().reshape(rows)
-    e = np.empty((rows, keys), np.float32)
-    norm, mean_d, mean_d2 = np.empty(rows), np.empty(rows), np.empty(rows)
-    out = {
-        name: np.empty(rows, np.int32 if name == "k_eff" else np.float32) for name in METRIC_NAMES
+    out = _cpu_outputs(1, rows)
+    _run_cpu_kernel(z.reshape(rows, keys), rows, 0, False, None, k_eff_threshold, 0, out)
+    return RowMetrics(**{name: torch.from_numpy(out[name]).reshape(shape) for name in METRIC_NAMES})
+
+
+def _cpu_outputs(blocks: int, columns: int) -> dict[str, np.ndarray]:
+    return {
+        name: np.empty((blocks, columns), np.int32 if name == "k_eff" else np.float32)
+        for name in METRIC_NAMES
     }
-    cpu_kernels.exp_moments(
-        z.numpy().reshape(rows, keys), z_max, e, norm, mean_d, mean_d2, out["sink_attn"]
-    )
-    cpu_kernels.sort_rows_in_place(e, threads)
-    cpu_kernels.finish_rows(
-        e,
-        norm,
-        mean_d,
-        mean_d2,
+
+
+def _run_cpu_kernel(
+    z: torch.Tensor,
+    block_rows: int,
+    query_start: int,
+    causal: bool,
+    sliding_window: int | None,
+    k_eff_threshold: float,
+    out_offset: int,
+    out: dict[str, np.ndarray],
+) -> None:
+    from spectra_attn import cpu_kernels
+
+    threads = _match_torch_threads()
+    cpu_kernels.row_metrics(
+        z.numpy(),
+        block_rows,
+        query_start,
+        causal,
+        sliding_window or 0,
         k_eff_threshold - K_EFF_TOLERANCE,
+        _normal_quantile(1.0 - k_eff_threshold),
+        out_offset,
         out["entropy"],
         out["max_attn"],
         out["k_eff"],
+        out["sink_attn"],
         out["gain_max_attn"],
         out["gain_entropy"],
+        8 * threads,
     )
-    return RowMetrics(**{name: torch.from_numpy(out[name]).reshape(shape) for name in METRIC_NAMES})
+
+
+def _normal_quantile(probability: float) -> float:
+    """Φ⁻¹(probability), NaN outside (0, 1): the CPU kernel's first guess at each row's k_eff."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(probability) if 0.0 < probability < 1.0 else math.nan
 
 
 def _match_torch_threads() -> int:
@@ -138,12 +165,14 @@ def causal_logits(
     scaling: float,
     query_start: int,
     sliding_window: int | None = None,
+    mask: bool = True,
 ) -> torch.Tensor:
     """Logits of query rows ``query_start …`` against keys ``0 … query_start + rows − 1``.
 
     ``query``: ``[..., rows, d]``; ``key``: ``[..., keys, d]`` with at least ``query_start + rows``
     keys (later keys are ignored). Masked positions (future keys, or keys beyond the sliding window)
-    hold :data:`MASKED_LOGIT`. Computed in float32.
+    hold :data:`MASKED_LOGIT` (with ``mask=False`` they are left as computed, for a reader that
+    skips them). Computed in float32.
     """
     rows, dim = query.shape[-2:]
     n_keys = query_start + rows
@@ -159,6 +188,8 @@ def causal_logits(
         logits = logits.view(*query.shape[:-3], groups, rows, n_keys)
     else:
         logits = torch.matmul(query, key.transpose(-1, -2))
+    if not mask:
+        return logits
     if sliding_window is None:
         # Keys before query_start are visible to every row: only the last [rows, rows] square
         # holds future keys, so only it is written again (a full-width mask costs a whole pass).
@@ -183,13 +214,36 @@ def blocked_metrics(
     queries, so memory is ``[..., block_size, T]`` rather than ``[..., T, T]``.
 
     ``query``: ``[..., T, d]``; ``key``: ``[..., T, d]``, already repeated for grouped-query heads
-    or broadcastable to the query's leading shape.
+    or broadcastable to the query's leading shape. On the CPU the blocks' logits are not masked:
+    the kernel reads each row's visible keys only and writes straight into the ``[..., T]``
+    results.
     """
     length = query.shape[-2]
-    parts: list[RowMetrics] = []
     # Last block first: the buffers only shrink from one block to the next, so the allocator
     # reuses the first (largest) ones instead of fragmenting the heap with ever larger requests.
-    for start in reversed(range(0, length, block_size)):
+    starts = list(reversed(range(0, length, block_size)))
+    if query.device.type == "cpu" and CPU_KERNEL:
+        lead = query.shape[:-2]
+        out = _cpu_outputs(math.prod(lead), length)
+        for start in starts:
+            block = query[..., start : start + block_size, :]
+            logits = causal_logits(block, key, scaling, start, sliding_window, mask=False)
+            _run_cpu_kernel(
+                logits.reshape(-1, logits.shape[-1]),
+                block.shape[-2],
+                start,
+                True,
+                sliding_window,
+                k_eff_threshold,
+                start,
+                out,
+            )
+            del logits
+        return RowMetrics(
+            **{name: torch.from_numpy(out[name]).reshape(*lead, length) for name in METRIC_NAMES}
+        )
+    parts: list[RowMetrics] = []
+    for start in starts:
         block = query[..., start : start + block_size, :]
         logits = causal_logits(block, key, scaling, start, sliding_window)
         parts.append(row_metrics(logits, k_eff_threshold))
