@@ -156,12 +156,12 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
         rounds += 1
         pivot = _bits_from_float32(np.float32(sum_in / n_in))
         above = 0.0
-        m = 0
+        m = np.int32(0)
         for j in range(n):
             b = bits[j]
             inside = (b >= pivot) & (b < upper)
             above += np.float64(e[j]) if inside else 0.0
-            m += 1 if inside else 0
+            m += np.int32(1) if inside else np.int32(0)
         if m == 0 or m == n_in:  # all candidates equal (or the mean rounded onto an end)
             break
         if top + above >= target:
@@ -182,9 +182,9 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
             largest = max(largest, b if b < upper else np.int32(-1))
         if largest < 0:
             return count  # no value left: only when the target exceeds the total
-        ties = 0
+        ties = np.int32(0)
         for j in range(n):
-            ties += 1 if bits[j] == largest else 0
+            ties += np.int32(1) if bits[j] == largest else np.int32(0)
         value = np.float64(_float32_from_bits(largest))
         for _ in range(ties):
             top += value
@@ -209,7 +209,7 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
 @numba.njit(fastmath=_FAST, inline="always")
 def _row(row, buffer, scratch, mass, quantile):
     """The metrics of one row of logits (its visible keys only), using ``buffer`` and ``scratch``
-    (each at least the row's length rounded up to ``_PAD``): (entropy, max_attn, p of the row's
+    (each at least ``_PAD`` longer than the row): (entropy, max_attn, p of the row's
     first key, gain_max_attn, gain_entropy, k_eff).
 
     The row is copied to ``buffer`` padded with masked keys to a multiple of ``_PAD``, so that
@@ -231,8 +231,8 @@ def _row(row, buffer, scratch, mass, quantile):
         bits = row_bits[j]
         work_bits[j] = bits
         largest = max(largest, _ordered(bits))  # vectorized; a float max is not
-    for j in range(n, padded):
-        work[j] = _DMIN
+    for j in range(_PAD):  # a fixed count vectorizes; what lies beyond ``padded`` is not read
+        work[n + j] = _DMIN
     z_max = _float32_from_bits(_ordered(largest))
     total = 0.0
     s1 = 0.0
