@@ -153,6 +153,7 @@ def overhead(args) -> None:
         "capture_torch_ops": [],
         "seed": [],
     }
+    cpu_times: dict[str, list[float]] = {name: [] for name in timings}
     with tempfile.TemporaryDirectory() as tmp:
         plain_forward(model, tokens[:8], 8)  # warm-up
         # Warm-up of capture: the first call compiles the CPU kernel (or loads Numba's cache).
@@ -164,37 +165,33 @@ def overhead(args) -> None:
             f"{time.perf_counter() - start:.2f} s"
         )
         model.set_attn_implementation("sdpa")
-        for repeat in range(args.repeats):
-            start = time.perf_counter()
-            plain_forward(model, tokens, args.batch_size)
-            timings["forward"].append(time.perf_counter() - start)
+        import spectra_attn.metrics as metrics
 
+        def timed(name: str, run) -> None:
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            timings[name].append(time.perf_counter() - wall)
+            cpu_times[name].append(time.process_time() - cpu)
+
+        def capture(path: str, kernel: bool = True) -> None:
+            metrics.CPU_KERNEL = kernel
             use_capture_attention(model)
-            start = time.perf_counter()
-            rows = capture_to_parquet(
-                model, tokens, sample_ids, f"{tmp}/capture.parquet", settings, args.batch_size
-            )
-            timings["capture"].append(time.perf_counter() - start)
-            model.set_attn_implementation("sdpa")
-
-            if args.torch_ops:
-                # The same capture with the metrics as composed torch operations (the GPU's path).
-                import spectra_attn.metrics as metrics
-
-                metrics.CPU_KERNEL = False
-                use_capture_attention(model)
-                start = time.perf_counter()
-                capture_to_parquet(
-                    model, tokens, sample_ids, f"{tmp}/torch_ops.parquet", settings, args.batch_size
-                )
-                timings["capture_torch_ops"].append(time.perf_counter() - start)
+            try:
+                capture_to_parquet(model, tokens, sample_ids, path, settings, args.batch_size)
+            finally:
                 model.set_attn_implementation("sdpa")
                 metrics.CPU_KERNEL = True
 
+        for repeat in range(args.repeats):
+            timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
+            timed("capture", lambda: capture(f"{tmp}/capture.parquet"))
+            if args.torch_ops:
+                # The same capture with the metrics as composed torch operations (the GPU's path).
+                timed("capture_torch_ops", lambda: capture(f"{tmp}/torch_ops.parquet", False))
             if not args.skip_seed:
-                start = time.perf_counter()
-                seed_style(model, tokens, args.batch_size, Path(tmp) / f"seed_{repeat}.csv")
-                timings["seed"].append(time.perf_counter() - start)
+                path = Path(tmp) / f"seed_{repeat}.csv"
+                timed("seed", lambda path=path: seed_style(model, tokens, args.batch_size, path))
+        rows = len(tokens) * BENCH["num_hidden_layers"] * BENCH["num_attention_heads"] * 512
     forward = statistics.median(timings["forward"])
     print(
         f"device {args.device}, threads {args.threads}, 16 × 512 tokens, batch {args.batch_size}, "
@@ -205,6 +202,16 @@ def overhead(args) -> None:
             median = statistics.median(values)
             runs = ", ".join(f"{v:.2f}" for v in values)
             print(f"{name:>17}: {median:7.2f} s  ({median / forward:4.2f}× forward; runs {runs})")
+    # Two steadier readings of the same runs on a shared machine: the median of each run's ratio
+    # to the forward pass just before it, and process CPU time (all threads; a neighbour's load
+    # inflates wall time, much less CPU time).
+    for name, values in timings.items():
+        if values and name != "forward":
+            paired = statistics.median(
+                [v / f for v, f in zip(values, timings["forward"], strict=True)]
+            )
+            cpu = statistics.median(cpu_times[name]) / statistics.median(cpu_times["forward"])
+            print(f"{name:>17}: paired wall ratio {paired:4.2f}×, CPU time ratio {cpu:4.2f}×")
     print(f"capture rows: {rows} ({rows / statistics.median(timings['capture']):,.0f} rows/s)")
 
 

