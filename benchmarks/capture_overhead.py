@@ -16,12 +16,15 @@ Bench model: a Llama config with hidden 256, 8 layers, 8 heads, 2 KV heads, voca
     to a CSV with pandas.
   * ``capture_torch_ops`` (with ``--torch-ops``): capture with the metrics as composed torch
     operations (what a GPU runs) instead of the CPU's fused kernels.
-Runs alternate (forward, capture, [capture_torch_ops,] seed, forward, ...) and medians are
-compared. spectra_attn sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it: run with
-``OMP_WAIT_POLICY=ACTIVE`` to see the difference.
+Every run of a way follows a plain forward pass (forward, capture, [forward, capture_torch_ops,]
+[forward, seed,] forward, ...). Printed: the ratio of medians; the median of each run's ratio to the
+forward pass just before it; and the ratio of process CPU times (all threads), which a busy
+neighbour on a shared machine inflates much less than wall time. spectra_attn sets
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it: run with ``OMP_WAIT_POLICY=ACTIVE`` to
+see the difference.
 
 ``long-context``: one sample of T tokens per fresh subprocess; time and peak resident memory of the
-plain forward and of capture (query blocks of 256).
+plain forward and of capture (``--block`` 128, capped at 64 rows on the CPU).
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ def overhead(args) -> None:
         "seed": [],
     }
     cpu_times: dict[str, list[float]] = {name: [] for name in timings}
+    order: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         plain_forward(model, tokens[:8], 8)  # warm-up
         # Warm-up of capture: the first call compiles the CPU kernel (or loads Numba's cache).
@@ -172,6 +176,7 @@ def overhead(args) -> None:
             run()
             timings[name].append(time.perf_counter() - wall)
             cpu_times[name].append(time.process_time() - cpu)
+            order.append(name)
 
         def capture(path: str, kernel: bool = True) -> None:
             metrics.CPU_KERNEL = kernel
@@ -182,14 +187,19 @@ def overhead(args) -> None:
                 model.set_attn_implementation("sdpa")
                 metrics.CPU_KERNEL = True
 
+        # Each run of a way follows a plain forward pass, which its paired ratio divides by: the
+        # seed's way leaves the process slower for a while, and a forward measured right after it
+        # made every ratio look better than it is.
         for repeat in range(args.repeats):
             timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
             timed("capture", lambda: capture(f"{tmp}/capture.parquet"))
             if args.torch_ops:
                 # The same capture with the metrics as composed torch operations (the GPU's path).
+                timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
                 timed("capture_torch_ops", lambda: capture(f"{tmp}/torch_ops.parquet", False))
             if not args.skip_seed:
                 path = Path(tmp) / f"seed_{repeat}.csv"
+                timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
                 timed("seed", lambda path=path: seed_style(model, tokens, args.batch_size, path))
         rows = len(tokens) * BENCH["num_hidden_layers"] * BENCH["num_attention_heads"] * 512
     forward = statistics.median(timings["forward"])
@@ -205,10 +215,17 @@ def overhead(args) -> None:
     # Two steadier readings of the same runs on a shared machine: the median of each run's ratio
     # to the forward pass just before it, and process CPU time (all threads; a neighbour's load
     # inflates wall time, much less CPU time).
+    forwards = iter(timings["forward"])
+    preceding = {name: [] for name in timings}
+    for name in order:  # the forward pass run just before each run of a way
+        if name == "forward":
+            last = next(forwards)
+        else:
+            preceding[name].append(last)
     for name, values in timings.items():
         if values and name != "forward":
             paired = statistics.median(
-                [v / f for v, f in zip(values, timings["forward"], strict=True)]
+                [v / f for v, f in zip(values, preceding[name], strict=True)]
             )
             cpu = statistics.median(cpu_times[name]) / statistics.median(cpu_times["forward"])
             print(f"{name:>17}: paired wall ratio {paired:4.2f}×, CPU time ratio {cpu:4.2f}×")
