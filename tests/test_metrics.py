@@ -230,19 +230,28 @@ def test_fused_cpu_kernel_equals_torch_on_causal_blocks():
 
 
 @pytest.mark.parametrize(
-    ("length", "block_size", "window"),
-    [(100, 32, None), (77, 128, None), (130, 48, 20), (64, 64, 1)],
+    ("length", "block_size", "window", "dim"),
+    [
+        (100, 32, None, 16),
+        (77, 128, None, 16),
+        (130, 48, 20, 16),
+        (64, 64, 1, 16),
+        (5, 64, None, 20),
+        (35, 8, 17, 3),
+    ],
 )
 @pytest.mark.parametrize("scale", [0.05, 1.0, 3.0])
-def test_blocked_cpu_kernel_equals_the_masked_torch_path(length, block_size, window, scale):
-    """On the CPU, blocked_metrics leaves future keys and keys outside the window unmasked and
-    reads only each row's visible keys: it gives what masking them and running the torch
-    composition gives, on grouped-query heads, blocks that do not divide T, rows of every length
-    (so every padding to 32 keys) and sliding windows."""
+def test_blocked_cpu_kernel_equals_the_masked_torch_path(length, block_size, window, dim, scale):
+    """On the CPU, blocked_metrics computes the logits inside the kernel, four rows × sixteen keys
+    at a time, and reads only each row's visible keys: it gives what torch's masked logits and the
+    torch composition give, on grouped-query heads, lengths that are not multiples of the tile
+    (rows or keys), rows of every length (so every padding to 32 keys), sliding windows, and head
+    sizes of any width."""
     from spectra_attn import metrics
 
     torch.manual_seed(length)
-    q, k = torch.randn(2, 2, 3, length, 16) * scale, torch.randn(2, 2, 1, length, 16) * scale
+    q = torch.randn(2, 2, 3, length, dim) * scale
+    k = torch.randn(2, 2, 1, length, dim) * scale
     fused = blocked_metrics(q, k, 0.25, 0.9, block_size, window)
     reference = metrics.RowMetrics(
         *(

@@ -1,13 +1,18 @@
-"""Per-row attention metrics for the CPU, one Numba kernel that reads each row of logits once.
+"""Per-row attention metrics for the CPU, compiled with Numba.
 
-:func:`row_metrics` takes a block of logits and, row by row on every core: finds the largest logit,
-writes e = exp(z − z_max) to a small per-thread buffer (it stays in the L1 cache) while summing Σe,
-Σe·d and Σe·d² (d = z − z_max), and counts k_eff from that buffer by selection rather than by
-sorting (:func:`keys_for_mass`). For causal blocks it reads only each row's visible keys, so the
-future keys are never masked, exponentiated or counted. The same metrics as composed torch
-operations take about ten passes over the ``[rows, keys]`` block (softmax, centering, two einsums,
-a square, a copy for the sort, a cumulative sum, a binary search); on a CPU those passes through
-memory, not the arithmetic, are what cost. On a GPU the torch composition stays (``metrics.py``).
+:func:`attention_metrics` (capture's path) takes a layer's queries and keys: for a tile of
+``TILE_ROWS`` query rows it computes their logits, ``LANES`` keys at a time, with a register-blocked
+micro-kernel (:func:`_logits_tile`), then the metrics of each row while its logits are still in the
+cache; no logit goes to memory, and the future keys are not computed beyond the tile's last vector.
+:func:`row_metrics` takes logits already computed (the intervention's and the atlas' path).
+
+Per row (:func:`_row`): the visible keys are copied to a per-thread buffer padded to whole vectors,
+the largest logit found on the way; one pass writes e = exp(z − z_max) with the sums Σe, Σe·d and
+Σe·d² (d = z − z_max); k_eff is found by selection rather than by sorting (:func:`keys_for_mass`).
+The same metrics as composed torch operations take about ten passes over a ``[rows, keys]`` block
+(softmax, centering, two einsums, a square, a copy for the sort, a cumulative sum, a binary search);
+on a CPU those passes through memory, not the arithmetic, are what cost. On a GPU the torch
+composition stays (``metrics.py``).
 
 Formulas, with p = e / Σe, as in :mod:`spectra_attn.metrics`: entropy = −ln p_max − E_p[d];
 gain_max_attn = p_max · (−E_p[d]); gain_entropy = −(E_p[d²] − E_p[d]²); k_eff = the smallest k
@@ -27,6 +32,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _DMIN = np.float32(-1e15)  # d is clamped here first, so e · d stays 0 · finite for masked keys
@@ -68,6 +74,79 @@ def _bits_from_float32(typingctx, value):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return types.int32(types.float32), codegen
+
+
+LANES = 16  # keys per logits tile: one 512-bit vector (LLVM splits it where vectors are narrower)
+TILE_ROWS = 4  # query rows per logits tile, sharing each load of keys
+
+
+@intrinsic
+def _logits_tile(typingctx, z, query, key_t, head, row, kv, key0, dim):
+    """``z[r, key0 : key0 + LANES] = Σ_c query[head, row + r, c] · key_t[kv, c, key0 : …]`` for
+    r < ``TILE_ROWS``, in float32, the sum over c in order with one rounding per step (fused
+    multiply-add), the accumulators held in vector registers: a register-blocked micro-kernel that
+    Numba's loop vectorizer does not produce from loops. ``z``, ``query``, ``key_t``: 2-D, 3-D and
+    3-D float32 arrays whose last axis is contiguous; the caller keeps every index in bounds."""
+    sig = types.void(z, query, key_t, head, row, kv, key0, dim)
+
+    def codegen(context, builder, signature, args):
+        arrays = [
+            context.make_array(kind)(context, builder, value)
+            for kind, value in zip(signature.args[:3], args[:3], strict=True)
+        ]
+        head_, row_, kv_, key0_, dim_ = (
+            context.cast(builder, value, kind, types.intp)
+            for value, kind in zip(args[3:], signature.args[3:], strict=True)
+        )
+        z_strides, q_strides, k_strides = (cgutils.unpack_tuple(builder, a.strides) for a in arrays)
+        intp = context.get_value_type(types.intp)
+        f32 = ir.FloatType()
+        vector = ir.VectorType(f32, LANES)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{LANES}f32"
+        )
+        byte_pointer = ir.IntType(8).as_pointer()
+
+        def at(array, offset, kind):  # a pointer ``offset`` bytes into an array's data
+            raw = builder.gep(builder.bitcast(array.data, byte_pointer), [offset])
+            return builder.bitcast(raw, kind.as_pointer())
+
+        def times(a, b):
+            return builder.mul(a, b)
+
+        zero = ir.Constant(vector, [0.0] * LANES)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(TILE_ROWS)]
+        key_base = builder.add(times(kv_, k_strides[0]), times(key0_, k_strides[2]))
+        query_bases = [
+            builder.add(
+                times(head_, q_strides[0]),
+                times(builder.add(row_, ir.Constant(intp, r)), q_strides[1]),
+            )
+            for r in range(TILE_ROWS)
+        ]
+        with cgutils.for_range(builder, dim_) as loop:
+            c = loop.index
+            keys = builder.load(
+                at(arrays[2], builder.add(key_base, times(c, k_strides[1])), vector), align=4
+            )
+            for r in range(TILE_ROWS):
+                scalar = builder.load(
+                    at(arrays[1], builder.add(query_bases[r], times(c, q_strides[2])), f32)
+                )
+                lane = builder.insert_element(
+                    ir.Constant(vector, None), scalar, ir.Constant(ir.IntType(32), 0)
+                )
+                broadcast = builder.shuffle_vector(lane, ir.Constant(vector, None), splat)
+                builder.store(builder.call(fma, [broadcast, keys, builder.load(sums[r])]), sums[r])
+        for r in range(TILE_ROWS):
+            offset = builder.add(
+                times(ir.Constant(intp, r), z_strides[0]), times(key0_, z_strides[1])
+            )
+            builder.store(builder.load(sums[r]), at(arrays[0], offset, vector), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @numba.njit(fastmath=_FAST, inline="always")
@@ -263,15 +342,35 @@ def _row(row, buffer, scratch, mass, quantile):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
-def row_metrics(
-    z,
-    block_rows,
-    query_start,
-    causal,
+def row_metrics(z, mass, quantile, entropy, max_attn, k_eff, sink, gain_max, gain_ent, tasks):
+    """Every metric of every row of the 2-D float32 logits ``z`` (masked keys hold
+    ``metrics.MASKED_LOGIT`` or −inf), into the 1-D outputs. ``mass``: the k_eff threshold minus
+    its tolerance; ``quantile``: see :func:`_row`; ``tasks``: how many interleaved sets of rows
+    the threads share (a few per thread balances their load)."""
+    rows, keys = z.shape
+    tasks = max(1, min(rows, tasks))
+    for task in numba.prange(tasks):
+        e = np.empty(keys + _PAD, np.float32)
+        scratch = np.empty(keys + _PAD, np.float32)
+        for r in range(task, rows, tasks):
+            metrics = _row(z[r], e, scratch, mass, quantile)
+            entropy[r] = metrics[0]
+            max_attn[r] = metrics[1]
+            sink[r] = metrics[2]
+            gain_max[r] = metrics[3]
+            gain_ent[r] = metrics[4]
+            k_eff[r] = metrics[5]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+def attention_metrics(
+    query,
+    key_t,
+    length,
+    groups,
     window,
     mass,
     quantile,
-    out_offset,
     entropy,
     max_attn,
     k_eff,
@@ -280,36 +379,41 @@ def row_metrics(
     gain_ent,
     tasks,
 ):
-    """Every metric of every row of the 2-D float32 logits ``z``, each row read once.
+    """Every metric of causal attention softmax(q kᵀ) for every query row, the logits computed
+    inside the kernel, ``TILE_ROWS`` rows × ``LANES`` keys at a time (:func:`_logits_tile`), so no
+    logits ever leave the cache and no future key is computed beyond the last tile of a row.
 
-    Row r is row i = r mod ``block_rows`` of block a = r div ``block_rows``; its metrics go to
-    ``[a, out_offset + i]`` of the 2-D outputs. With ``causal``, row i is query position
-    ``query_start + i`` and sees keys ``lo … query_start + i`` only (lo = 0, or the first key
-    inside a ``window`` > 0): the rest of the row is never read, so it need not be masked.
-    Otherwise every key is read (masked keys hold ``metrics.MASKED_LOGIT`` or −inf).
-    ``mass``: the k_eff threshold minus its tolerance; ``quantile``: see :func:`_row`;
-    ``tasks``: how many interleaved sets of rows the threads share (a few per thread balances
-    their load).
+    ``query``: ``[A, ≥ T rounded up to TILE_ROWS, d]``, already scaled; ``key_t``: the keys
+    transposed, ``[A / groups, d, ≥ T + LANES]`` (query head a reads key head a div ``groups``);
+    padding rows and columns must be finite (zeros). Row i sees keys ``lo … i`` (lo = 0, or the
+    first key inside a ``window`` > 0). Outputs ``[A, T]``. ``mass``, ``quantile``, ``tasks`` as in
+    :func:`row_metrics`.
     """
-    rows, keys = z.shape
-    tasks = max(1, min(rows, tasks))
+    heads, _, dim = query.shape
+    tiles_per_head = (length + TILE_ROWS - 1) // TILE_ROWS
+    tiles = heads * tiles_per_head
+    tasks = max(1, min(tiles, tasks))
     for task in numba.prange(tasks):
-        e = np.empty(keys + _PAD, np.float32)
-        scratch = np.empty(keys + _PAD, np.float32)
-        for r in range(task, rows, tasks):  # interleaved, so every task gets short and long rows
-            a = r // block_rows
-            i = r - a * block_rows
-            lo = 0
-            hi = keys
-            if causal:
-                hi = query_start + i + 1
-                if window > 0:
-                    lo = max(0, hi - window)
-            metrics = _row(z[r, lo:hi], e, scratch, mass, quantile)
-            column = out_offset + i
-            entropy[a, column] = metrics[0]
-            max_attn[a, column] = metrics[1]
-            sink[a, column] = metrics[2] if lo == 0 else 0.0
-            gain_max[a, column] = metrics[3]
-            gain_ent[a, column] = metrics[4]
-            k_eff[a, column] = metrics[5]
+        z = np.empty((TILE_ROWS, length + LANES), np.float32)
+        e = np.empty(length + _PAD, np.float32)
+        scratch = np.empty(length + _PAD, np.float32)
+        for tile in range(task, tiles, tasks):  # interleaved: every task gets short and long rows
+            a = tile // tiles_per_head
+            first = (tile - a * tiles_per_head) * TILE_ROWS
+            kv = a // groups
+            last = min(first + TILE_ROWS, length)  # one past the tile's last row
+            start = 0
+            if window > 0:
+                start = max(0, first + 1 - window) // LANES * LANES
+            for key0 in range(start, last, LANES):
+                _logits_tile(z, query, key_t, a, first, kv, key0, dim)
+            for i in range(first, last):
+                hi = i + 1
+                lo = max(0, hi - window) if window > 0 else 0
+                metrics = _row(z[i - first, lo:hi], e, scratch, mass, quantile)
+                entropy[a, i] = metrics[0]
+                max_attn[a, i] = metrics[1]
+                sink[a, i] = metrics[2] if lo == 0 else 0.0
+                gain_max[a, i] = metrics[3]
+                gain_ent[a, i] = metrics[4]
+                k_eff[a, i] = metrics[5]

@@ -20,7 +20,6 @@ intervention without running it.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +33,6 @@ MASKED_LOGIT = -1e15
 # On the CPU, the metrics come from the Numba kernel (spectra_attn.cpu_kernels); False runs the
 # torch composition there too (what a GPU runs), for comparisons in benchmarks.
 CPU_KERNEL = True
-# The CPU path's query blocks are at most this many rows (see blocked_metrics).
-CPU_BLOCK_ROWS = 64
 
 
 @dataclass
@@ -81,51 +78,27 @@ def _row_metrics_torch(logits: torch.Tensor, k_eff_threshold: float) -> RowMetri
 
 
 def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics:
+    from spectra_attn import cpu_kernels
+
     z = logits.detach().float().contiguous()
     shape, keys = z.shape[:-1], z.shape[-1]
-    rows = z.numel() // keys
-    out = _cpu_outputs(1, rows)
-    _run_cpu_kernel(z.reshape(rows, keys), rows, 0, False, None, k_eff_threshold, 0, out)
+    out = _cpu_outputs(1, z.numel() // keys)
+    threads = _match_torch_threads()
+    cpu_kernels.row_metrics(
+        z.numpy().reshape(-1, keys),
+        k_eff_threshold - K_EFF_TOLERANCE,
+        _normal_quantile(1.0 - k_eff_threshold),
+        *(out[name][0] for name in METRIC_NAMES),
+        8 * threads,
+    )
     return RowMetrics(**{name: torch.from_numpy(out[name]).reshape(shape) for name in METRIC_NAMES})
 
 
-def _cpu_outputs(blocks: int, columns: int) -> dict[str, np.ndarray]:
+def _cpu_outputs(heads: int, length: int) -> dict[str, np.ndarray]:
     return {
-        name: np.empty((blocks, columns), np.int32 if name == "k_eff" else np.float32)
+        name: np.empty((heads, length), np.int32 if name == "k_eff" else np.float32)
         for name in METRIC_NAMES
     }
-
-
-def _run_cpu_kernel(
-    z: torch.Tensor,
-    block_rows: int,
-    query_start: int,
-    causal: bool,
-    sliding_window: int | None,
-    k_eff_threshold: float,
-    out_offset: int,
-    out: dict[str, np.ndarray],
-) -> None:
-    from spectra_attn import cpu_kernels
-
-    threads = _match_torch_threads()
-    cpu_kernels.row_metrics(
-        z.numpy(),
-        block_rows,
-        query_start,
-        causal,
-        sliding_window or 0,
-        k_eff_threshold - K_EFF_TOLERANCE,
-        _normal_quantile(1.0 - k_eff_threshold),
-        out_offset,
-        out["entropy"],
-        out["max_attn"],
-        out["k_eff"],
-        out["sink_attn"],
-        out["gain_max_attn"],
-        out["gain_entropy"],
-        8 * threads,
-    )
 
 
 def _normal_quantile(probability: float) -> float:
@@ -168,16 +141,12 @@ def causal_logits(
     scaling: float,
     query_start: int,
     sliding_window: int | None = None,
-    mask: bool = True,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits of query rows ``query_start …`` against keys ``0 … query_start + rows − 1``.
 
     ``query``: ``[..., rows, d]``; ``key``: ``[..., keys, d]`` with at least ``query_start + rows``
     keys (later keys are ignored). Masked positions (future keys, or keys beyond the sliding window)
-    hold :data:`MASKED_LOGIT` (with ``mask=False`` they are left as computed, for a reader that
-    skips them). Computed in float32. ``out``: a 1-D float32 buffer of at least the result's size
-    to write it into (the result is then a view of it).
+    hold :data:`MASKED_LOGIT`. Computed in float32.
     """
     rows, dim = query.shape[-2:]
     n_keys = query_start + rows
@@ -189,12 +158,10 @@ def causal_logits(
         # [groups · rows, d] × [d, keys] rather than a broadcast that copies the key per group.
         groups = query.shape[-3]
         folded = query.reshape(*query.shape[:-3], groups * rows, dim)
-        logits = _matmul(folded, key.squeeze(-3).transpose(-1, -2), out)
+        logits = torch.matmul(folded, key.squeeze(-3).transpose(-1, -2))
         logits = logits.view(*query.shape[:-3], groups, rows, n_keys)
     else:
-        logits = _matmul(query, key.transpose(-1, -2), out)
-    if not mask:
-        return logits
+        logits = torch.matmul(query, key.transpose(-1, -2))
     if sliding_window is None:
         # Keys before query_start are visible to every row: only the last [rows, rows] square
         # holds future keys, so only it is written again (a full-width mask costs a whole pass).
@@ -205,29 +172,6 @@ def causal_logits(
     key_pos = torch.arange(n_keys, device=query.device)[None, :]
     masked = (key_pos > query_pos) | (key_pos <= query_pos - sliding_window)
     return logits.masked_fill_(masked, MASKED_LOGIT)
-
-
-def _matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    if out is None:
-        return torch.matmul(a, b)
-    shape = (*torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
-    return torch.matmul(a, b, out=out[: math.prod(shape)].view(shape))
-
-
-_WORKSPACE = threading.local()
-
-
-def _workspace(numel: int) -> torch.Tensor:
-    """A float32 buffer of at least ``numel`` elements, kept per thread and grown as needed.
-
-    The CPU path writes every block's logits into it: a fresh tensor per block (16 MB on the
-    bench model) came from new pages each time, 130,000 page faults per capture of 16 × 512
-    tokens and a quarter of a second of system time.
-    """
-    buffer = getattr(_WORKSPACE, "buffer", None)
-    if buffer is None or buffer.numel() < numel:
-        buffer = _WORKSPACE.buffer = torch.empty(numel, dtype=torch.float32)
-    return buffer
 
 
 def blocked_metrics(
@@ -242,36 +186,13 @@ def blocked_metrics(
     queries, so memory is ``[..., block_size, T]`` rather than ``[..., T, T]``.
 
     ``query``: ``[..., T, d]``; ``key``: ``[..., T, d]``, already repeated for grouped-query heads
-    or broadcastable to the query's leading shape. On the CPU the blocks have at most
-    :data:`CPU_BLOCK_ROWS` rows, their logits go to one reused buffer and are not masked: the
-    kernel reads each row's visible keys only and writes straight into the ``[..., T]`` results.
+    or broadcastable to the query's leading shape. On the CPU there are no blocks: one kernel
+    computes the logits of a few rows at a time (their visible keys only) and their metrics while
+    the logits are in the cache, so nothing of size [rows, T] is held beyond the inputs.
     """
     length = query.shape[-2]
     if query.device.type == "cpu" and CPU_KERNEL:
-        # Within the configured bound: the future keys of each block's last square are computed
-        # and skipped, and smaller blocks compute fewer of them (8 % faster on the bench model).
-        block_size = min(block_size, CPU_BLOCK_ROWS)
-        lead = query.shape[:-2]
-        out = _cpu_outputs(math.prod(lead), length)
-        workspace = _workspace(math.prod(lead) * min(block_size, length) * length)
-        for start in range(0, length, block_size):
-            block = query[..., start : start + block_size, :]
-            logits = causal_logits(
-                block, key, scaling, start, sliding_window, mask=False, out=workspace
-            )
-            _run_cpu_kernel(
-                logits.reshape(-1, logits.shape[-1]),
-                block.shape[-2],
-                start,
-                True,
-                sliding_window,
-                k_eff_threshold,
-                start,
-                out,
-            )
-        return RowMetrics(
-            **{name: torch.from_numpy(out[name]).reshape(*lead, length) for name in METRIC_NAMES}
-        )
+        return _attention_metrics_cpu(query, key, scaling, k_eff_threshold, sliding_window)
     # Last block first: the buffers only shrink from one block to the next, so the allocator
     # reuses the first (largest) ones instead of fragmenting the heap with ever larger requests.
     starts = reversed(range(0, length, block_size))
@@ -283,4 +204,50 @@ def blocked_metrics(
     parts.reverse()
     return RowMetrics(
         *(torch.cat([getattr(p, name) for p in parts], dim=-1) for name in METRIC_NAMES)
+    )
+
+
+def _attention_metrics_cpu(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    k_eff_threshold: float,
+    sliding_window: int | None,
+) -> RowMetrics:
+    """The CPU kernel that computes the logits itself (:func:`cpu_kernels.attention_metrics`)."""
+    from spectra_attn import cpu_kernels
+
+    lead, (length, dim) = query.shape[:-2], query.shape[-2:]
+    if query.dim() >= 3 and key.dim() == query.dim() and key.shape[-3] == 1 < query.shape[-3]:
+        groups = query.shape[-3]  # grouped-query heads [..., groups, T, d] share [..., 1, T, d]
+        key = key.squeeze(-3).expand(*lead[:-1], length, dim)
+    else:
+        groups = 1
+        key = key.expand(*lead, length, dim)
+    rows = -(-length // cpu_kernels.TILE_ROWS) * cpu_kernels.TILE_ROWS
+    # Scaling the queries first, as causal_logits does; zero padding keeps every tile in bounds.
+    queries = torch.zeros(math.prod(lead), rows, dim)
+    queries[:, :length] = query.detach().reshape(-1, length, dim).float() * scaling
+    keys_t = torch.zeros(queries.shape[0] // groups, dim, length + cpu_kernels.LANES)
+    keys_t[..., :length] = key.detach().reshape(-1, length, dim).float().transpose(1, 2)
+    out = _cpu_outputs(queries.shape[0], length)
+    threads = _match_torch_threads()
+    cpu_kernels.attention_metrics(
+        queries.numpy(),
+        keys_t.numpy(),
+        length,
+        groups,
+        sliding_window or 0,
+        k_eff_threshold - K_EFF_TOLERANCE,
+        _normal_quantile(1.0 - k_eff_threshold),
+        out["entropy"],
+        out["max_attn"],
+        out["k_eff"],
+        out["sink_attn"],
+        out["gain_max_attn"],
+        out["gain_entropy"],
+        8 * threads,
+    )
+    return RowMetrics(
+        **{name: torch.from_numpy(out[name]).reshape(*lead, length) for name in METRIC_NAMES}
     )
