@@ -320,3 +320,28 @@ def test_grouped_query_logits_equal_those_of_repeated_keys():
     repeated = causal_logits(q[..., 10:20, :], k.expand(2, 3, 4, 30, 8).contiguous(), 0.4, 10)
     assert grouped.shape == (2, 3, 4, 10, 20)
     torch.testing.assert_close(grouped, repeated)
+
+
+def test_cpu_kernel_computes_in_float32_from_bfloat16_inputs():
+    """A bfloat16 model's queries and keys: the CPU kernel widens them to float32 before scaling
+    and multiplying, as the torch path does (scaling in bfloat16 would cost ~3 significant
+    digits)."""
+    from spectra_attn import metrics
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 4, 50, 16).bfloat16()
+    k = torch.randn(1, 2, 1, 50, 16).bfloat16()
+    fused = blocked_metrics(q, k, 0.3)
+    reference = blocked_metrics(q.float(), k.float(), 0.3)
+    for name in METRIC_NAMES:
+        torch.testing.assert_close(getattr(fused, name), getattr(reference, name), msg=name)
+    metrics.CPU_KERNEL = False
+    try:
+        composed = blocked_metrics(q, k, 0.3)
+    finally:
+        metrics.CPU_KERNEL = True
+    for name in METRIC_NAMES:
+        tolerance = {"rtol": 1e-4, "atol": 1e-5} if name.startswith("gain") else {}
+        torch.testing.assert_close(
+            getattr(fused, name), getattr(composed, name), **tolerance, msg=name
+        )

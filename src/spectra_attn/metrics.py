@@ -225,11 +225,14 @@ def _attention_metrics_cpu(
         groups = 1
         key = key.expand(*lead, length, dim)
     rows = -(-length // cpu_kernels.TILE_ROWS) * cpu_kernels.TILE_ROWS
-    # Scaling the queries first, as causal_logits does; zero padding keeps every tile in bounds.
-    queries = torch.zeros(math.prod(lead), rows, dim)
-    queries[:, :length] = query.detach().reshape(-1, length, dim).float() * scaling
-    keys_t = torch.zeros(queries.shape[0] // groups, dim, length + cpu_kernels.LANES)
-    keys_t[..., :length] = key.detach().reshape(-1, length, dim).float().transpose(1, 2)
+    # Scaling the queries first, as causal_logits does, straight into a buffer whose zero padding
+    # keeps every tile in bounds.
+    queries = torch.empty(math.prod(lead), rows, dim)
+    queries[:, length:] = 0.0
+    torch.mul(query.detach().reshape(-1, length, dim).float(), scaling, out=queries[:, :length])
+    keys_t = torch.empty(queries.shape[0] // groups, dim, length + cpu_kernels.LANES)
+    keys_t[..., length:] = 0.0
+    keys_t[..., :length] = key.detach().reshape(-1, length, dim).transpose(1, 2)
     out = _cpu_outputs(queries.shape[0], length)
     threads = _match_torch_threads()
     cpu_kernels.attention_metrics(
