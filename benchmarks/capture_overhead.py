@@ -47,6 +47,8 @@ import spectra_attn  # noqa: F401
 import numpy as np
 import torch
 
+import spectra_attn.metrics as metrics
+
 BENCH = dict(
     hidden_size=256,
     num_hidden_layers=8,
@@ -157,7 +159,9 @@ def overhead(args) -> None:
         "seed": [],
     }
     cpu_times: dict[str, list[float]] = {name: [] for name in timings}
-    order: list[str] = []
+    # The forward pass run just before each run of a way: what its paired ratio divides by.
+    preceding: dict[str, list[float]] = {name: [] for name in timings}
+    written: list[int] = []
     with tempfile.TemporaryDirectory() as tmp:
         plain_forward(model, tokens[:8], 8)  # warm-up
         # Warm-up of capture: the first call compiles the CPU kernel (or loads Numba's cache).
@@ -169,20 +173,22 @@ def overhead(args) -> None:
             f"{time.perf_counter() - start:.2f} s"
         )
         model.set_attn_implementation("sdpa")
-        import spectra_attn.metrics as metrics
 
         def timed(name: str, run) -> None:
+            if name != "forward":
+                preceding[name].append(timings["forward"][-1])
             wall, cpu = time.perf_counter(), time.process_time()
             run()
             timings[name].append(time.perf_counter() - wall)
             cpu_times[name].append(time.process_time() - cpu)
-            order.append(name)
 
         def capture(path: str, kernel: bool = True) -> None:
             metrics.CPU_KERNEL = kernel
             use_capture_attention(model)
             try:
-                capture_to_parquet(model, tokens, sample_ids, path, settings, args.batch_size)
+                written.append(
+                    capture_to_parquet(model, tokens, sample_ids, path, settings, args.batch_size)
+                )
             finally:
                 model.set_attn_implementation("sdpa")
                 metrics.CPU_KERNEL = True
@@ -201,7 +207,7 @@ def overhead(args) -> None:
                 path = Path(tmp) / f"seed_{repeat}.csv"
                 timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
                 timed("seed", lambda path=path: seed_style(model, tokens, args.batch_size, path))
-        rows = len(tokens) * BENCH["num_hidden_layers"] * BENCH["num_attention_heads"] * 512
+        rows = written[-1]
     forward = statistics.median(timings["forward"])
     print(
         f"device {args.device}, threads {args.threads}, 16 × 512 tokens, batch {args.batch_size}, "
@@ -215,13 +221,6 @@ def overhead(args) -> None:
     # Two steadier readings of the same runs on a shared machine: the median of each run's ratio
     # to the forward pass just before it, and process CPU time (all threads; a neighbour's load
     # inflates wall time, much less CPU time).
-    forwards = iter(timings["forward"])
-    preceding = {name: [] for name in timings}
-    for name in order:  # the forward pass run just before each run of a way
-        if name == "forward":
-            last = next(forwards)
-        else:
-            preceding[name].append(last)
     for name, values in timings.items():
         if values and name != "forward":
             paired = statistics.median(

@@ -241,7 +241,9 @@ def test_fused_cpu_kernel_equals_torch_on_causal_blocks():
     ],
 )
 @pytest.mark.parametrize("scale", [0.05, 1.0, 3.0])
-def test_blocked_cpu_kernel_equals_the_masked_torch_path(length, block_size, window, dim, scale):
+def test_blocked_cpu_kernel_equals_the_masked_torch_path(
+    length, block_size, window, dim, scale, monkeypatch
+):
     """On the CPU, blocked_metrics computes the logits inside the kernel, four rows × sixteen keys
     at a time, and reads only each row's visible keys: it gives what torch's masked logits and the
     torch composition give, on grouped-query heads, lengths that are not multiples of the tile
@@ -253,20 +255,8 @@ def test_blocked_cpu_kernel_equals_the_masked_torch_path(length, block_size, win
     q = torch.randn(2, 2, 3, length, dim) * scale
     k = torch.randn(2, 2, 1, length, dim) * scale
     fused = blocked_metrics(q, k, 0.25, 0.9, block_size, window)
-    reference = metrics.RowMetrics(
-        *(
-            torch.cat([getattr(part, name) for part in parts], dim=-1)
-            for parts in [
-                [
-                    _row_metrics_torch(
-                        causal_logits(q[..., s : s + block_size, :], k, 0.25, s, window), 0.9
-                    )
-                    for s in range(0, length, block_size)
-                ]
-            ]
-            for name in METRIC_NAMES
-        )
-    )
+    monkeypatch.setattr(metrics, "CPU_KERNEL", False)  # masked blocks, torch composition
+    reference = blocked_metrics(q, k, 0.25, 0.9, block_size, window)
     assert fused.entropy.shape == (2, 2, 3, length)
     for name in METRIC_NAMES:
         tolerance = {"rtol": 1e-4, "atol": 1e-5} if name.startswith("gain") else {}
@@ -322,7 +312,7 @@ def test_grouped_query_logits_equal_those_of_repeated_keys():
     torch.testing.assert_close(grouped, repeated)
 
 
-def test_cpu_kernel_computes_in_float32_from_bfloat16_inputs():
+def test_cpu_kernel_computes_in_float32_from_bfloat16_inputs(monkeypatch):
     """A bfloat16 model's queries and keys: the CPU kernel widens them to float32 before scaling
     and multiplying, as the torch path does (scaling in bfloat16 would cost ~3 significant
     digits)."""
@@ -335,11 +325,8 @@ def test_cpu_kernel_computes_in_float32_from_bfloat16_inputs():
     reference = blocked_metrics(q.float(), k.float(), 0.3)
     for name in METRIC_NAMES:
         torch.testing.assert_close(getattr(fused, name), getattr(reference, name), msg=name)
-    metrics.CPU_KERNEL = False
-    try:
-        composed = blocked_metrics(q, k, 0.3)
-    finally:
-        metrics.CPU_KERNEL = True
+    monkeypatch.setattr(metrics, "CPU_KERNEL", False)
+    composed = blocked_metrics(q, k, 0.3)
     for name in METRIC_NAMES:
         tolerance = {"rtol": 1e-4, "atol": 1e-5} if name.startswith("gain") else {}
         torch.testing.assert_close(

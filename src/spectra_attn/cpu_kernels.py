@@ -46,6 +46,7 @@ _EXP_POLY = tuple(
 )
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
+_NO_UPPER = np.int32(0x7F800001)  # above +inf's bits: an upper bound that excludes nothing
 _PEELS = 8  # values peeled one at a time before sorting what is left
 _MAX_ROUNDS = 48
 _PAD = 32  # rows are padded to a multiple of this many keys (see _row)
@@ -193,7 +194,7 @@ def _bracket(e, bits, target, total, guess, spread):
         count_high += np.int32(1) if b >= high else np.int32(0)
         count_low += np.int32(1) if b >= low else np.int32(0)
     if mass_high >= target:  # the answer is at or above the high pivot
-        return np.int32(0x7F800001), 0.0, 0, count_high, mass_high
+        return _NO_UPPER, 0.0, 0, count_high, mass_high
     if mass_low >= target:  # between the pivots
         return high, mass_high, count_high, count_low - count_high, mass_low - mass_high
     return low, mass_low, count_low, e.shape[0] - count_low, total - mass_low
@@ -223,7 +224,7 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
     """
     n = e.shape[0]
     bits = e.view(np.int32)
-    upper = np.int32(0x7F800001)  # above +inf's bits: no upper bound
+    upper = _NO_UPPER
     top = 0.0
     count = 0
     n_in = n
@@ -341,12 +342,24 @@ def _row(row, buffer, scratch, mass, quantile):
     )
 
 
+@numba.njit(fastmath=_FAST, inline="always")
+def _store(entropy, max_attn, k_eff, sink, gain_max, gain_ent, a, i, metrics, sees_first_key):
+    """Write what :func:`_row` returned to ``[a, i]`` of the 2-D outputs (p of the row's first
+    key is the attention sink's weight only if the row sees key 0)."""
+    entropy[a, i] = metrics[0]
+    max_attn[a, i] = metrics[1]
+    sink[a, i] = metrics[2] if sees_first_key else 0.0
+    gain_max[a, i] = metrics[3]
+    gain_ent[a, i] = metrics[4]
+    k_eff[a, i] = metrics[5]
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def row_metrics(z, mass, quantile, entropy, max_attn, k_eff, sink, gain_max, gain_ent, tasks):
     """Every metric of every row of the 2-D float32 logits ``z`` (masked keys hold
-    ``metrics.MASKED_LOGIT`` or −inf), into the 1-D outputs. ``mass``: the k_eff threshold minus
-    its tolerance; ``quantile``: see :func:`_row`; ``tasks``: how many interleaved sets of rows
-    the threads share (a few per thread balances their load)."""
+    ``metrics.MASKED_LOGIT`` or −inf), into row 0 of the ``[1, rows]`` outputs. ``mass``: the
+    k_eff threshold minus its tolerance; ``quantile``: see :func:`_row`; ``tasks``: how many
+    interleaved sets of rows the threads share (a few per thread balances their load)."""
     rows, keys = z.shape
     tasks = max(1, min(rows, tasks))
     for task in numba.prange(tasks):
@@ -354,12 +367,7 @@ def row_metrics(z, mass, quantile, entropy, max_attn, k_eff, sink, gain_max, gai
         scratch = np.empty(keys + _PAD, np.float32)
         for r in range(task, rows, tasks):
             metrics = _row(z[r], e, scratch, mass, quantile)
-            entropy[r] = metrics[0]
-            max_attn[r] = metrics[1]
-            sink[r] = metrics[2]
-            gain_max[r] = metrics[3]
-            gain_ent[r] = metrics[4]
-            k_eff[r] = metrics[5]
+            _store(entropy, max_attn, k_eff, sink, gain_max, gain_ent, 0, r, metrics, True)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
@@ -411,9 +419,4 @@ def attention_metrics(
                 hi = i + 1
                 lo = max(0, hi - window) if window > 0 else 0
                 metrics = _row(z[i - first, lo:hi], e, scratch, mass, quantile)
-                entropy[a, i] = metrics[0]
-                max_attn[a, i] = metrics[1]
-                sink[a, i] = metrics[2] if lo == 0 else 0.0
-                gain_max[a, i] = metrics[3]
-                gain_ent[a, i] = metrics[4]
-                k_eff[a, i] = metrics[5]
+                _store(entropy, max_attn, k_eff, sink, gain_max, gain_ent, a, i, metrics, lo == 0)

@@ -82,23 +82,34 @@ def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics
 
     z = logits.detach().float().contiguous()
     shape, keys = z.shape[:-1], z.shape[-1]
-    out = _cpu_outputs(1, z.numel() // keys)
-    threads = _match_torch_threads()
-    cpu_kernels.row_metrics(
-        z.numpy().reshape(-1, keys),
-        k_eff_threshold - K_EFF_TOLERANCE,
-        _normal_quantile(1.0 - k_eff_threshold),
-        *(out[name][0] for name in METRIC_NAMES),
-        8 * threads,
+    out = _run_cpu_kernel(
+        cpu_kernels.row_metrics,
+        (z.numpy().reshape(-1, keys),),
+        1,
+        z.numel() // keys,
+        k_eff_threshold,
     )
     return RowMetrics(**{name: torch.from_numpy(out[name]).reshape(shape) for name in METRIC_NAMES})
 
 
-def _cpu_outputs(heads: int, length: int) -> dict[str, np.ndarray]:
-    return {
+def _run_cpu_kernel(
+    kernel, inputs: tuple, heads: int, length: int, k_eff_threshold: float
+) -> dict[str, np.ndarray]:
+    """Run one of :mod:`spectra_attn.cpu_kernels`' kernels (``kernel(*inputs, mass, quantile,
+    *outputs, tasks)``) on torch's threads; returns its ``[heads, length]`` outputs by name."""
+    out = {
         name: np.empty((heads, length), np.int32 if name == "k_eff" else np.float32)
         for name in METRIC_NAMES
     }
+    threads = _match_torch_threads()
+    kernel(
+        *inputs,
+        k_eff_threshold - K_EFF_TOLERANCE,
+        _normal_quantile(1.0 - k_eff_threshold),
+        *(out[name] for name in METRIC_NAMES),
+        8 * threads,  # a few interleaved sets of rows per thread balance the threads' load
+    )
+    return out
 
 
 def _normal_quantile(probability: float) -> float:
@@ -135,6 +146,12 @@ def keys_for_mass(p: torch.Tensor, threshold: float) -> torch.Tensor:
     return (p.shape[-1] - dropped).clamp(min=1).to(torch.int32)
 
 
+def _shares_keys(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether ``query`` holds grouped-query heads ``[..., groups, rows, d]`` that share one key
+    ``[..., 1, keys, d]``."""
+    return query.dim() >= 3 and key.dim() == query.dim() and key.shape[-3] == 1 < query.shape[-3]
+
+
 def causal_logits(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -153,7 +170,7 @@ def causal_logits(
     # Scaling the [rows, d] queries is cheaper than scaling the [rows, keys] logits.
     query = query.float() * scaling
     key = key[..., :n_keys, :].float()
-    if query.dim() >= 3 and key.dim() == query.dim() and key.shape[-3] == 1 < query.shape[-3]:
+    if _shares_keys(query, key):
         # Grouped-query heads [..., groups, rows, d] sharing one key [..., 1, keys, d]: one GEMM of
         # [groups · rows, d] × [d, keys] rather than a broadcast that copies the key per group.
         groups = query.shape[-3]
@@ -195,9 +212,8 @@ def blocked_metrics(
         return _attention_metrics_cpu(query, key, scaling, k_eff_threshold, sliding_window)
     # Last block first: the buffers only shrink from one block to the next, so the allocator
     # reuses the first (largest) ones instead of fragmenting the heap with ever larger requests.
-    starts = reversed(range(0, length, block_size))
     parts: list[RowMetrics] = []
-    for start in starts:
+    for start in reversed(range(0, length, block_size)):
         block = query[..., start : start + block_size, :]
         logits = causal_logits(block, key, scaling, start, sliding_window)
         parts.append(row_metrics(logits, k_eff_threshold))
@@ -218,8 +234,8 @@ def _attention_metrics_cpu(
     from spectra_attn import cpu_kernels
 
     lead, (length, dim) = query.shape[:-2], query.shape[-2:]
-    if query.dim() >= 3 and key.dim() == query.dim() and key.shape[-3] == 1 < query.shape[-3]:
-        groups = query.shape[-3]  # grouped-query heads [..., groups, T, d] share [..., 1, T, d]
+    if _shares_keys(query, key):
+        groups = query.shape[-3]
         key = key.squeeze(-3).expand(*lead[:-1], length, dim)
     else:
         groups = 1
@@ -233,23 +249,12 @@ def _attention_metrics_cpu(
     keys_t = torch.empty(queries.shape[0] // groups, dim, length + cpu_kernels.LANES)
     keys_t[..., length:] = 0.0
     keys_t[..., :length] = key.detach().reshape(-1, length, dim).transpose(1, 2)
-    out = _cpu_outputs(queries.shape[0], length)
-    threads = _match_torch_threads()
-    cpu_kernels.attention_metrics(
-        queries.numpy(),
-        keys_t.numpy(),
+    out = _run_cpu_kernel(
+        cpu_kernels.attention_metrics,
+        (queries.numpy(), keys_t.numpy(), length, groups, sliding_window or 0),
+        queries.shape[0],
         length,
-        groups,
-        sliding_window or 0,
-        k_eff_threshold - K_EFF_TOLERANCE,
-        _normal_quantile(1.0 - k_eff_threshold),
-        out["entropy"],
-        out["max_attn"],
-        out["k_eff"],
-        out["sink_attn"],
-        out["gain_max_attn"],
-        out["gain_entropy"],
-        8 * threads,
+        k_eff_threshold,
     )
     return RowMetrics(
         **{name: torch.from_numpy(out[name]).reshape(*lead, length) for name in METRIC_NAMES}
