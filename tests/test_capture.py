@@ -353,6 +353,35 @@ def test_samples_table_maps_ids_to_shard_rows_in_order(manifest):
         sample_table(manifest, 10)
 
 
+def test_load_samples_takes_each_row_from_its_shard_one_shard_at_a_time(manifest, tmp_path):
+    import shutil
+
+    from spectra_attn.samples import load_samples, sample_table
+    from spectra_attn.shards import ShardError, iter_validated_shards
+
+    table = sample_table(manifest, 9).iloc[3:8]  # rows 3-4 of the first shard, 0-2 of the second
+    expected = []
+    for shard, row in zip(table.shard, table.row, strict=True):
+        with np.load(manifest.parent / "shards" / shard, allow_pickle=False) as archive:
+            expected.append(archive["input_ids"][row])
+    np.testing.assert_array_equal(load_samples(manifest, table), np.stack(expected))
+
+    # Shards are validated and yielded one at a time: a corrupt second shard does not stop the
+    # first from being read (nor is the second held while the first is used).
+    copy = tmp_path / "data"
+    shutil.copytree(manifest.parent, copy)
+    (copy / "shards" / "shard_0001.npz").write_bytes(b"not a zip")
+    shards = iter_validated_shards(copy / manifest.name, check_checksums=False)
+    path, _ = next(shards)
+    assert path.name == "shard_0000.npz"
+    with pytest.raises(ShardError, match="shard_0001.npz"):
+        next(shards)
+
+    unlisted = table.assign(shard="shard_0009.npz")
+    with pytest.raises(ShardError, match="shard_0009.npz"):
+        load_samples(manifest, unlisted)
+
+
 def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):
     from spectra_attn.capture import export_seed_csv
 

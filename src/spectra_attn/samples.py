@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectra_attn.shards import ShardError, load_validated_shards, read_manifest
+from spectra_attn.shards import SHARD_DTYPE, ShardError, iter_validated_shards, read_manifest
 
 
 def sample_table(manifest_path: str | Path, n_samples: int) -> pd.DataFrame:
@@ -48,6 +48,14 @@ def sample_ranges(n_samples: int, samples_per_job: int) -> list[tuple[int, int]]
 def load_samples(manifest_path: str | Path, table: pd.DataFrame) -> np.ndarray:
     """The token rows of ``table``'s samples, ``[n, context_length]`` int32, from shards that are
     validated (checksum and contents) before anything is returned."""
-    loaded = load_validated_shards(manifest_path, only=set(table["shard"]))
-    arrays = {path.name: array for path, array in loaded.items()}
-    return np.stack([arrays[s][r] for s, r in zip(table["shard"], table["row"], strict=True)])
+    shards, rows = table["shard"].to_numpy(), table["row"].to_numpy()
+    wanted = set(shards)
+    context_length = read_manifest(manifest_path)["shard_spec"]["context_length"]
+    out = np.empty((len(table), context_length), SHARD_DTYPE)
+    for path, array in iter_validated_shards(manifest_path, only=wanted):
+        mine = shards == path.name
+        out[mine] = array[rows[mine]]  # only this shard's rows are kept once it is dropped
+        wanted.discard(path.name)
+    if wanted:
+        raise ShardError(f"{manifest_path} does not list the shards {sorted(wanted)}")
+    return out

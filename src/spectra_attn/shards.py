@@ -440,16 +440,16 @@ def read_manifest(manifest_path: str | Path) -> dict[str, Any]:
     return json.loads(Path(manifest_path).read_text())
 
 
-def load_validated_shards(
+def iter_validated_shards(
     manifest_path: str | Path, only: set[str] | None = None, check_checksums: bool = True
-) -> dict[Path, np.ndarray]:
-    """Load the shards a manifest lists (or those named in ``only``), each checked against its
-    checksum and the shard contract before it is returned, in manifest order."""
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """The shards a manifest lists (or those named in ``only``), in manifest order, one at a time:
+    each is checked against its checksum and the shard contract before it is yielded, and only one
+    is held in memory at once (a corpus of many shards need not fit in memory)."""
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
     spec = ShardSpec(**manifest["shard_spec"])
     shard_dir = manifest_path.parent / manifest.get("shards_dir", "shards")
-    loaded = {}
     for entry in manifest["shards"]:
         if only is not None and entry["file"] not in only:
             continue
@@ -462,10 +462,10 @@ def load_validated_shards(
         validate_array(array, spec, str(path))
         if array.shape[0] != entry["rows"]:
             raise ShardError(f"{path}: {array.shape[0]} rows, manifest says {entry['rows']}")
-        loaded[path] = array
-    return loaded
+        yield path, array
 
 
 def validate_shards(manifest_path: str | Path, check_checksums: bool = True) -> list[Path]:
-    """Validate every shard a manifest lists; return their paths in order."""
-    return list(load_validated_shards(manifest_path, check_checksums=check_checksums))
+    """Validate every shard a manifest lists, one at a time; return their paths in order."""
+    shards = iter_validated_shards(manifest_path, check_checksums=check_checksums)
+    return [path for path, _ in shards]
