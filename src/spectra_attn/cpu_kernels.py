@@ -184,15 +184,17 @@ def _bracket(e, bits, target, total, guess, spread):
     low = _pivot(guess, -_SPREAD * spread)
     mass_high = 0.0
     mass_low = 0.0
-    count_high = np.int32(0)  # int32 counters: twice the lanes of int64 ones
+    # int32 counters, twice the lanes of int64 ones: Numba widens int32 + int32 to int64, so each
+    # sum is cast back (here and in keys_for_mass), or the counts would cost as much as the sums.
+    count_high = np.int32(0)
     count_low = np.int32(0)
     for j in range(e.shape[0]):
         b = bits[j]
         x = np.float64(e[j])
         mass_high += x if b >= high else 0.0
         mass_low += x if b >= low else 0.0
-        count_high += np.int32(1) if b >= high else np.int32(0)
-        count_low += np.int32(1) if b >= low else np.int32(0)
+        count_high = np.int32(count_high + (b >= high))
+        count_low = np.int32(count_low + (b >= low))
     if mass_high >= target:  # the answer is at or above the high pivot
         return _NO_UPPER, 0.0, 0, count_high, mass_high
     if mass_low >= target:  # between the pivots
@@ -241,7 +243,7 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
             b = bits[j]
             inside = (b >= pivot) & (b < upper)
             above += np.float64(e[j]) if inside else 0.0
-            m += np.int32(1) if inside else np.int32(0)
+            m = np.int32(m + inside)
         if m == 0 or m == n_in:  # all candidates equal (or the mean rounded onto an end)
             break
         if top + above >= target:
@@ -264,7 +266,7 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
             return count  # no value left: only when the target exceeds the total
         ties = np.int32(0)
         for j in range(n):
-            ties += np.int32(1) if bits[j] == largest else np.int32(0)
+            ties = np.int32(ties + (bits[j] == largest))
         value = np.float64(_float32_from_bits(largest))
         for _ in range(ties):
             top += value
