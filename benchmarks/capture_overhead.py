@@ -218,16 +218,21 @@ def overhead(args) -> None:
             median = statistics.median(values)
             runs = ", ".join(f"{v:.2f}" for v in values)
             print(f"{name:>17}: {median:7.2f} s  ({median / forward:4.2f}× forward; runs {runs})")
-    # Two steadier readings of the same runs on a shared machine: the median of each run's ratio
-    # to the forward pass just before it, and process CPU time (all threads; a neighbour's load
-    # inflates wall time, much less CPU time).
+    # Three steadier readings of the same runs on a shared machine: the median of each run's ratio
+    # to the forward pass just before it; process CPU time (all threads; a neighbour's load
+    # inflates wall time, much less CPU time); and the fastest run of each way (noise only ever
+    # adds time, so the fastest runs are the least disturbed ones).
     for name, values in timings.items():
         if values and name != "forward":
             paired = statistics.median(
                 [v / f for v, f in zip(values, preceding[name], strict=True)]
             )
             cpu = statistics.median(cpu_times[name]) / statistics.median(cpu_times["forward"])
-            print(f"{name:>17}: paired wall ratio {paired:4.2f}×, CPU time ratio {cpu:4.2f}×")
+            fastest = min(values) / min(timings["forward"])
+            print(
+                f"{name:>17}: paired wall ratio {paired:4.2f}×, CPU time ratio {cpu:4.2f}×, "
+                f"fastest runs {fastest:4.2f}×"
+            )
     print(f"capture rows: {rows} ({rows / statistics.median(timings['capture']):,.0f} rows/s)")
 
 
