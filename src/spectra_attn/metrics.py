@@ -241,17 +241,25 @@ def _attention_metrics_cpu(
         groups = 1
         key = key.expand(*lead, length, dim)
     rows = -(-length // cpu_kernels.TILE_ROWS) * cpu_kernels.TILE_ROWS
-    # Scaling the queries first, as causal_logits does, straight into a buffer whose zero padding
-    # keeps every tile in bounds.
-    queries = torch.empty(math.prod(lead), rows, dim)
-    queries[:, length:] = 0.0
-    torch.mul(query.detach().reshape(-1, length, dim).float(), scaling, out=queries[:, :length])
-    keys_t = torch.empty(queries.shape[0] // groups, dim, length + cpu_kernels.LANES)
+    # The queries scaled first, as causal_logits does (in float32), and the keys transposed, each
+    # written straight from the (strided) projections into a buffer whose zero padding keeps every
+    # tile in bounds: one pass each, no intermediate contiguous copy.
+    queries = torch.empty(*lead, rows, dim)
+    queries[..., length:, :] = 0.0
+    torch.mul(query.detach().float(), scaling, out=queries[..., :length, :])
+    keys_t = torch.empty(*key.shape[:-2], dim, length + cpu_kernels.LANES)
     keys_t[..., length:] = 0.0
-    keys_t[..., :length] = key.detach().reshape(-1, length, dim).transpose(1, 2)
+    keys_t[..., :length].copy_(key.detach().transpose(-1, -2))
+    queries = queries.view(-1, rows, dim)
     out = _run_cpu_kernel(
         cpu_kernels.attention_metrics,
-        (queries.numpy(), keys_t.numpy(), length, groups, sliding_window or 0),
+        (
+            queries.numpy(),
+            keys_t.view(-1, dim, length + cpu_kernels.LANES).numpy(),
+            length,
+            groups,
+            sliding_window or 0,
+        ),
         queries.shape[0],
         length,
         k_eff_threshold,
