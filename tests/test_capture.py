@@ -312,6 +312,64 @@ def test_a_failed_write_stops_capture_and_leaves_no_file(
     assert len(calls) in (2, 3)  # the batch after the failure may have been computed, not more
 
 
+KILLED_CAPTURE = """
+import os, signal, sys
+import spectra_attn.capture as capture
+from spectra_attn.capture import CaptureSettings, ModelSpec, run_capture
+
+batches = []
+real = capture.to_columns
+
+
+def killed_on_the_third_batch(layers, ids):
+    batches.append(len(ids))
+    if len(batches) == 3:  # two row groups are in the temporary file by now
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(layers, ids)
+
+
+capture.to_columns = killed_on_the_third_batch
+model_dir, manifest, out = sys.argv[1:]
+run_capture(ModelSpec(model_dir, device="cpu"), manifest, out, sample_start=0, sample_stop=9,
+            settings=CaptureSettings(), batch_size=2)
+"""
+
+
+def test_a_capture_killed_halfway_leaves_nothing_and_a_rerun_equals_an_uninterrupted_run(
+    model_dir, manifest, tmp_path
+):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "part_0000.parquet"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_CAPTURE, str(model_dir), str(manifest), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists()  # the rows written so far stayed in a temporary file
+    assert list(tmp_path.glob(".part_0000.parquet.*.tmp"))  # (left behind by the kill)
+
+    def capture(path):
+        run_capture(
+            ModelSpec(str(model_dir), device="cpu"),
+            str(manifest),
+            str(path),
+            sample_start=0,
+            sample_stop=9,
+            settings=CaptureSettings(),
+            batch_size=2,
+        )
+
+    capture(out)  # the restart
+    reference = tmp_path / "uninterrupted" / "part_0000.parquet"
+    capture(reference)
+    assert out.read_bytes() == reference.read_bytes()
+    assert pd.read_parquet(out).sample_id.nunique() == 9
+
+
 def test_unsupported_architecture_fails_before_weights_load(tmp_path):
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8)
     config.architectures = ["GPT2LMHeadModel"]
