@@ -2,6 +2,11 @@
 
     python benchmarks/gpu_capture.py --out DIR [--samples 64] [--batch-size 8] [--repeats 2]
     python benchmarks/gpu_capture.py --out DIR --tiny --device cpu   # the script itself, on a CPU
+    PYTHONPATH=src python3 benchmarks/gpu_capture.py --out "$OUT"   # where spectra_attn is not
+                                                                     # installed (the GPU machine)
+
+Needs torch, transformers (5.17 and 5.24 tested), numba, numpy, pandas, pyarrow and tqdm: all on the
+lent GPU machines' image, so nothing has to be carried there.
 
 Model: Llama-3-8B's shape (32 layers, hidden 4096, 32 heads, 8 KV heads, intermediate 14336,
 vocab 128256, rope θ 500000 with Llama-3 scaling), random weights (seed 0), bfloat16, built on the
