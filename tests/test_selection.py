@@ -17,12 +17,36 @@ def test_correlations_equal_scipy(tmp_path):
         for head in range(3):
             norm = generator.normal(size=200)
             entropy = (head - 1) * norm + generator.normal(size=200) * (1 + layer)
+            if head == 2:  # ties, which take their average rank
+                norm, entropy = norm.round(1), entropy.round(0)
             entropy[:5] = np.nan  # the skipped first positions
             frames.append(
-                pd.DataFrame({"layer": layer, "head": head, "query_norm": norm, "entropy": entropy})
+                pd.DataFrame(
+                    {
+                        "sample_id": 0,
+                        "layer": layer,
+                        "head": head,
+                        "token_pos": np.arange(200),
+                        "query_norm": norm,
+                        "entropy": entropy,
+                        "max_attn": generator.uniform(size=200),
+                        "k_eff": generator.integers(1, 200, size=200),
+                        "sink_attn": generator.uniform(size=200),
+                    }
+                )
             )
     frame = pd.concat(frames, ignore_index=True).astype(
-        {"layer": "int16", "head": "int16", "query_norm": "float32", "entropy": "float32"}
+        {
+            "sample_id": "int32",
+            "layer": "int16",
+            "head": "int16",
+            "token_pos": "int32",
+            "query_norm": "float32",
+            "entropy": "float32",
+            "max_attn": "float32",
+            "k_eff": "int32",
+            "sink_attn": "float32",
+        }
     )
     parts = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
     frame.iloc[:500].to_parquet(parts[0])

@@ -58,7 +58,7 @@ def _bin_expression(metric: str, edges: np.ndarray) -> str:
     return f"least(greatest(TRY_CAST({raw} AS BIGINT), 0), {last})"
 
 
-def _connect(path: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def connect(path: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection for the capture rows. Statistics propagation is off: it folds
     ``isnan(x)`` to false from Parquet min/max statistics, which ignore NaN, so NaNs would slip
     through as values (seen with DuckDB 2.0)."""
@@ -87,7 +87,7 @@ def partial_aggregate(
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    con = _connect()
+    con = connect()
     # Decompress the part once: the three queries below would each scan the Parquet file again.
     con.execute(f"CREATE TABLE part AS {_rows_sql([part])}")
     moments = ", ".join(
@@ -218,7 +218,7 @@ def reduce_aggregates(
     exports_dir.mkdir(parents=True, exist_ok=True)
     tmp_db = database.parent / f".{database.name}.tmp-{os.getpid()}"
     tmp_db.unlink(missing_ok=True)
-    con = _connect(str(tmp_db))
+    con = connect(str(tmp_db))
     for name in ("moments", "histograms", "positions"):
         files = ", ".join(f"'{Path(d) / f'{name}.parquet'}'" for d in partial_dirs)
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
@@ -280,8 +280,9 @@ def reduce_aggregates(
 
 
 def spearman(con: duckdb.DuckDBPyConnection, parts: list[str]) -> pd.DataFrame:
-    """Spearman ρ(query_norm, entropy) per (layer, head) over every row with a defined entropy:
-    Pearson's r of average ranks, computed by DuckDB from the capture parts."""
+    """Spearman ρ(query_norm, entropy) per (layer, head) over every row with a defined entropy
+    (``tokens`` of them): Pearson's r of average ranks, computed by DuckDB from the capture parts
+    (its window sorts spill to disk past memory). Head selection uses the same function."""
     # Average rank of ties = (lowest rank + highest rank) / 2, and the highest rank is
     # cume_dist · n: both come from the same ordered window, one sort per variable.
     return con.execute(
@@ -296,6 +297,6 @@ def spearman(con: duckdb.DuckDBPyConnection, parts: list[str]) -> pd.DataFrame:
                 WINDOW head AS (PARTITION BY layer, head),
                     by_x AS (PARTITION BY layer, head ORDER BY query_norm),
                     by_y AS (PARTITION BY layer, head ORDER BY entropy))
-            SELECT layer, head, corr(rx, ry) AS spearman_qn_entropy
+            SELECT layer, head, corr(rx, ry) AS spearman_qn_entropy, count(*) AS tokens
             FROM ranked GROUP BY layer, head ORDER BY layer, head"""
     ).df()

@@ -5,35 +5,26 @@ layer with the weakest correlation."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 
 def head_correlations(parts: list[str]) -> pd.DataFrame:
     """Spearman ρ(query_norm, entropy) and the token count per (layer, head), from capture parts.
 
-    Ranks are taken within each head (average ranks for ties), then Pearson's r of the ranks.
+    Ranks are taken within each head (average ranks for ties), then Pearson's r of the ranks: the
+    aggregate's ``spearman_qn_entropy`` (:func:`spectra_attn.aggregate.spearman`), computed by
+    DuckDB out of core, so the capture never has to fit in memory and the two always agree.
     """
-    frame = pd.concat(
-        [
-            pq.read_table(p, columns=["layer", "head", "query_norm", "entropy"]).to_pandas()
-            for p in parts
-        ],
-        ignore_index=True,
-    ).dropna(subset=["entropy"])
-    grouped = frame.groupby(["layer", "head"], sort=True)
-    frame["rank_norm"] = grouped["query_norm"].rank(method="average")
-    frame["rank_entropy"] = grouped["entropy"].rank(method="average")
-    rows = []
-    for (layer, head), group in frame.groupby(["layer", "head"], sort=True):
-        a = group["rank_norm"].to_numpy(np.float64)
-        b = group["rank_entropy"].to_numpy(np.float64)
-        a, b = a - a.mean(), b - b.mean()
-        denominator = np.sqrt((a * a).sum() * (b * b).sum())
-        rho = float((a * b).sum() / denominator) if denominator > 0 else np.nan
-        rows.append({"layer": int(layer), "head": int(head), "spearman_rho": rho, "tokens": len(a)})
-    return pd.DataFrame(rows)
+    from spectra_attn.aggregate import connect, spearman
+
+    con = connect()
+    try:
+        table = spearman(con, parts)
+    finally:
+        con.close()
+    return table.rename(columns={"spearman_qn_entropy": "spearman_rho"})[
+        ["layer", "head", "spearman_rho", "tokens"]
+    ]
 
 
 def select_heads(correlations: pd.DataFrame) -> list[dict]:
