@@ -164,6 +164,41 @@ def test_analysis_outputs_and_report(demo_run):
     assert "Verdict" in html and "Gain" in html
 
 
+def test_automatic_head_selection_runs_through_the_checkpoint(demo_run, tmp_path):
+    """``intervention.select: auto`` on a copy of the finished demo: the select_heads checkpoint
+    picks the heads from the capture, the sweeps and the analysis follow them, and the choice
+    agrees with the aggregate's Spearman rho."""
+    import duckdb
+    import pandas as pd
+
+    workdir, _, _ = demo_run
+    copy = tmp_path / "demo"
+    shutil.copytree(workdir, copy, symlinks=True)  # copy2 keeps mtimes: the capture is up to date
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("intervention:\n  select: auto\n")
+    result = snakemake(copy, "--cores", "1", "--resources", "gpu=1", "--configfile", str(mine))
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "rule capture:" not in result.stdout + result.stderr
+
+    run = copy / "results" / "demo"
+    heads = json.loads((run / "intervention" / "selected_heads.json").read_text())["heads"]
+    target, control = heads
+    assert (target["role"], control["role"]) == ("target", "control")
+    assert target["layer"] == control["layer"] and target["head"] != control["head"]
+    con = duckdb.connect(str(run / "aggregate" / "spectra.duckdb"), read_only=True)
+    summary = con.execute("SELECT layer, head, spearman_qn_entropy FROM head_summary").df()
+    con.close()
+    strongest = summary.loc[summary.spearman_qn_entropy.abs().idxmax()]
+    assert (target["layer"], target["head"]) == (strongest["layer"], strongest["head"])
+    assert target["spearman_rho"] == pytest.approx(strongest["spearman_qn_entropy"], abs=1e-12)
+    gains = pd.read_csv(run / "gain" / "gain_summary.csv")
+    chosen = {(h["layer"], h["head"], h["role"]) for h in heads}
+    assert set(zip(gains["layer"], gains["head"], gains["role"], strict=True)) == chosen
+    for h in heads:
+        sweep = run / "intervention" / f"L{h['layer']}_H{h['head']}" / "sweep.parquet"
+        assert len(pd.read_parquet(sweep)) == 64 * 5
+
+
 def test_changing_one_heads_scales_reruns_only_that_head(demo_run, tmp_path):
     workdir, _, _ = demo_run
     mine = tmp_path / "mine.yaml"
