@@ -246,20 +246,25 @@ def manifest(tmp_path_factory):
     return out / "manifest.json"
 
 
+def capture_range(model_dir, manifest, out, start, stop, settings=None, batch_size=8) -> int:
+    """run_capture of samples [start, stop) with the tiny model on the CPU."""
+    return run_capture(
+        ModelSpec(str(model_dir), device="cpu"),
+        str(manifest),
+        str(out),
+        sample_start=start,
+        sample_stop=stop,
+        settings=settings or CaptureSettings(),
+        batch_size=batch_size,
+    )
+
+
 def test_run_capture_writes_parquet_rows_that_recompute_from_the_shards(
     model_dir, manifest, tmp_path
 ):
     out = tmp_path / "part_0000.parquet"
     settings = CaptureSettings(rope="post")
-    rows = run_capture(
-        ModelSpec(str(model_dir), device="cpu"),
-        str(manifest),
-        str(out),
-        sample_start=3,
-        sample_stop=7,
-        settings=settings,
-        batch_size=3,
-    )
+    rows = capture_range(model_dir, manifest, out, 3, 7, settings, batch_size=3)
     frame = pd.read_parquet(out)
     assert rows == len(frame) == 4 * 2 * 4 * 20
     assert list(frame.columns) == list(COLUMNS)
@@ -298,15 +303,7 @@ def test_a_failed_write_stops_capture_and_leaves_no_file(
     monkeypatch.setattr(capture, "to_columns", failing)
     out = tmp_path / "part_0000.parquet"
     with pytest.raises(OSError, match="disk full"):
-        run_capture(
-            ModelSpec(str(model_dir), device="cpu"),
-            str(manifest),
-            str(out),
-            sample_start=0,
-            sample_stop=7,
-            settings=CaptureSettings(),
-            batch_size=2,
-        )
+        capture_range(model_dir, manifest, out, 0, 7, batch_size=2)
     assert not out.exists()
     assert not list(tmp_path.glob(".*tmp"))
     assert len(calls) in (2, 3)  # the batch after the failure may have been computed, not more
@@ -352,20 +349,9 @@ def test_a_capture_killed_halfway_leaves_nothing_and_a_rerun_equals_an_uninterru
     assert not out.exists()  # the rows written so far stayed in a temporary file
     assert list(tmp_path.glob(".part_0000.parquet.*.tmp"))  # (left behind by the kill)
 
-    def capture(path):
-        run_capture(
-            ModelSpec(str(model_dir), device="cpu"),
-            str(manifest),
-            str(path),
-            sample_start=0,
-            sample_stop=9,
-            settings=CaptureSettings(),
-            batch_size=2,
-        )
-
-    capture(out)  # the restart
+    capture_range(model_dir, manifest, out, 0, 9, batch_size=2)  # the restart
     reference = tmp_path / "uninterrupted" / "part_0000.parquet"
-    capture(reference)
+    capture_range(model_dir, manifest, reference, 0, 9, batch_size=2)
     assert out.read_bytes() == reference.read_bytes()
     assert pd.read_parquet(out).sample_id.nunique() == 9
 
@@ -388,14 +374,7 @@ def test_shards_from_another_tokenizer_fail_before_the_model_loads(
     (small / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr("spectra_attn.capture.load_model", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(ValueError, match="outside the model's vocabulary of 50"):
-        run_capture(
-            ModelSpec(str(small), device="cpu"),
-            str(manifest),
-            str(tmp_path / "x.parquet"),
-            sample_start=0,
-            sample_stop=2,
-            settings=CaptureSettings(),
-        )
+        capture_range(small, manifest, tmp_path / "x.parquet", 0, 2)
     assert not (tmp_path / "x.parquet").exists()
 
 
@@ -446,14 +425,7 @@ def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):
     parts = []
     for index, (start, stop) in enumerate([(0, 2), (2, 3)]):
         parts.append(str(tmp_path / f"part_{index:04d}.parquet"))
-        run_capture(
-            ModelSpec(str(model_dir), device="cpu"),
-            str(manifest),
-            parts[-1],
-            sample_start=start,
-            sample_stop=stop,
-            settings=CaptureSettings(),
-        )
+        capture_range(model_dir, manifest, parts[-1], start, stop)
     export_seed_csv(parts, str(tmp_path / "attention_metrics.csv"))
     csv = pd.read_csv(tmp_path / "attention_metrics.csv")
     assert list(csv.columns) == [
