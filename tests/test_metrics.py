@@ -175,6 +175,22 @@ def _sorted_walk(values: np.ndarray, target: float) -> int:
     return int(np.searchsorted(top, target, side="left")) + 1 if target <= top[-1] else len(top)
 
 
+def _guess_putting_the_low_pivot_on(value: np.float32, spread: float) -> float:
+    """A guess whose low pivot (cpu_kernels._pivot(guess, −_SPREAD · spread), in float32) is
+    exactly ``value``: values equal to a pivot must count on its side."""
+    from spectra_attn.cpu_kernels import _SPREAD
+
+    x = -_SPREAD * spread
+    factor = max(1.0 + x + 0.5 * x * x, 0.0)
+    guess = float(value) / factor
+    for _ in range(1000):
+        pivot = np.float32(guess * factor)
+        if pivot == value:
+            return guess
+        guess = np.nextafter(guess, np.inf if pivot < value else -np.inf)
+    raise AssertionError("no guess puts the pivot on the value")
+
+
 ROWS_FOR_SELECTION = {
     "near_uniform": lambda g: np.exp(g.normal(scale=0.05, size=300)),
     "peaked": lambda g: np.exp(g.normal(scale=3.0, size=300)),
@@ -183,14 +199,34 @@ ROWS_FOR_SELECTION = {
     "all_equal": lambda g: np.full(300, 0.25),
     "zeros_padding": lambda g: np.concatenate([np.exp(g.normal(size=290)), np.zeros(10)]),
     "two_values": lambda g: np.where(g.uniform(size=300) < 0.5, 1.0, np.nextafter(1.0, 0.0)),
+    # One value per 0.85 ratio: a bracket whose low pivot is on a value holds just two of them.
+    "geometric": lambda g: g.permutation(0.85 ** np.arange(300)),
 }
 
 
 @pytest.mark.parametrize("row", sorted(ROWS_FOR_SELECTION))
 @pytest.mark.parametrize(
     ("guess", "spread"),
-    [(0.0, 0.0), (None, None), (1e3, 0.1), (1e-30, 0.1), (None, 0.0), (None, 50.0)],
-    ids=["no_guess", "moments", "too_high", "too_low", "no_spread", "huge_spread"],
+    [
+        (0.0, 0.0),
+        (None, None),
+        (1e3, 0.1),
+        (1e-30, 0.1),
+        (None, 0.0),
+        (None, 50.0),
+        ("answer", 0.0),
+        ("answer", 1.0),
+    ],
+    ids=[
+        "no_guess",
+        "moments",
+        "too_high",
+        "too_low",
+        "no_spread",
+        "huge_spread",
+        "both_pivots_on_the_answer",
+        "low_pivot_on_the_answer",
+    ],
 )
 @pytest.mark.parametrize("max_rounds", [0, 1, 48])
 @pytest.mark.parametrize("mass", [0.5, 0.9, 0.999])
@@ -204,7 +240,10 @@ def test_keys_for_mass_is_exact_whatever_the_guess(row, guess, spread, max_round
     values /= values.max()
     total = float(values.astype(np.float64).sum())
     target = mass * total
-    if guess is None:  # the kernel's own guess: the normal quantile from the moments
+    if guess == "answer":  # the low pivot exactly on the answer's value (both, for spread 0)
+        answer = np.sort(values)[::-1][_sorted_walk(values, target) - 1]
+        guess = _guess_putting_the_low_pivot_on(answer, spread)
+    elif guess is None:  # the kernel's own guess: the normal quantile from the moments
         d = np.log(values[values > 0].astype(np.float64))
         w = values[values > 0] / total
         mean = float((w * d).sum())
