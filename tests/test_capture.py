@@ -217,23 +217,23 @@ def model_dir(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    """Two shards of random ids in the shard format, with a manifest."""
+def write_shards(out, shard_rows, context_length=20):
+    """Shards of random ids in the shard format (``shard_rows[i]`` rows each), with a manifest."""
     from spectra_attn.io import sha256_file, write_json, write_npz
 
-    out = tmp_path_factory.mktemp("data")
-    (out / "shards").mkdir()
+    (out / "shards").mkdir(parents=True)
     generator = np.random.default_rng(3)
     entries = []
-    for index, rows in enumerate((5, 4)):
-        array = generator.integers(3, TINY["vocab_size"], size=(rows, 20), dtype=np.int32)
+    for index, rows in enumerate(shard_rows):
+        array = generator.integers(
+            3, TINY["vocab_size"], size=(rows, context_length), dtype=np.int32
+        )
         array[:, 0] = 0
         path = out / "shards" / f"shard_{index:04d}.npz"
         write_npz(path, {"input_ids": array})
         entries.append({"file": path.name, "rows": rows, "sha256": sha256_file(path)})
     spec = {
-        "context_length": 20,
+        "context_length": context_length,
         "vocab_size": 97,
         "bos_token_id": 0,
         "pad_token_id": None,
@@ -241,9 +241,20 @@ def manifest(tmp_path_factory):
     }
     write_json(
         out / "manifest.json",
-        {"shards": entries, "shard_spec": spec, "sequences": 9, "shards_dir": "shards"},
+        {
+            "shards": entries,
+            "shard_spec": spec,
+            "sequences": sum(shard_rows),
+            "shards_dir": "shards",
+        },
     )
     return out / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """Two shards of random ids in the shard format, with a manifest."""
+    return write_shards(tmp_path_factory.mktemp("data"), (5, 4))
 
 
 def capture_range(model_dir, manifest, out, start, stop, settings=None, batch_size=8) -> int:
@@ -417,6 +428,30 @@ def test_load_samples_takes_each_row_from_its_shard_one_shard_at_a_time(manifest
     unlisted = table.assign(shard="shard_0009.npz")
     with pytest.raises(ShardError, match="shard_0009.npz"):
         load_samples(manifest, unlisted)
+
+
+def test_shards_are_held_one_at_a_time(tmp_path):
+    """Validating a manifest's shards, or reading samples spread over all of them, holds about one
+    shard in memory, not all of them (numpy's allocations are traced by tracemalloc)."""
+    import tracemalloc
+
+    from spectra_attn.samples import load_samples, sample_table
+    from spectra_attn.shards import validate_shards
+
+    manifest = write_shards(tmp_path, (1024,) * 4, context_length=1024)
+    shard_bytes = 1024 * 1024 * 4
+    tracemalloc.start()
+    try:
+        validate_shards(manifest)
+        _, validating = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        rows = load_samples(manifest, sample_table(manifest, 4096).iloc[::256])
+        _, loading = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows.shape == (16, 1024)
+    assert validating < 2.5 * shard_bytes, validating / shard_bytes
+    assert loading < 2.5 * shard_bytes, loading / shard_bytes
 
 
 def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):

@@ -54,8 +54,9 @@ def load_samples(manifest_path: str | Path, table: pd.DataFrame) -> np.ndarray:
     out = np.empty((len(table), context_length), SHARD_DTYPE)
     for path, array in iter_validated_shards(manifest_path, only=wanted):
         mine = shards == path.name
-        out[mine] = array[rows[mine]]  # only this shard's rows are kept once it is dropped
+        out[mine] = array[rows[mine]]
         wanted.discard(path.name)
+        del array  # only this shard's rows are kept, and before the next shard loads
     if wanted:
         raise ShardError(f"{manifest_path} does not list the shards {sorted(wanted)}")
     return out

@@ -463,9 +463,13 @@ def iter_validated_shards(
         if array.shape[0] != entry["rows"]:
             raise ShardError(f"{path}: {array.shape[0]} rows, manifest says {entry['rows']}")
         yield path, array
+        del array  # before the next shard loads
 
 
 def validate_shards(manifest_path: str | Path, check_checksums: bool = True) -> list[Path]:
     """Validate every shard a manifest lists, one at a time; return their paths in order."""
-    shards = iter_validated_shards(manifest_path, check_checksums=check_checksums)
-    return [path for path, _ in shards]
+    paths = []
+    for path, array in iter_validated_shards(manifest_path, check_checksums=check_checksums):
+        paths.append(path)
+        del array  # before the next shard loads
+    return paths
