@@ -176,18 +176,18 @@ def _sorted_walk(values: np.ndarray, target: float) -> int:
 
 
 def _guess_putting_the_low_pivot_on(value: np.float32, spread: float) -> float:
-    """A guess whose low pivot (cpu_kernels._pivot(guess, −_SPREAD · spread), in float32) is
-    exactly ``value``: values equal to a pivot must count on its side."""
-    from spectra_attn.cpu_kernels import _SPREAD
+    """A guess whose low pivot (the kernel's own ``_pivot(guess, −_SPREAD · spread)``) is exactly
+    ``value``: values equal to a pivot must count on its side."""
+    from spectra_attn.cpu_kernels import _SPREAD, _pivot
 
     x = -_SPREAD * spread
-    factor = max(1.0 + x + 0.5 * x * x, 0.0)
-    guess = float(value) / factor
+    target = int(np.float32(value).view(np.int32))
+    guess = float(value) / max(1.0 + x + 0.5 * x * x, 0.0)  # where to start looking
     for _ in range(1000):
-        pivot = np.float32(guess * factor)
-        if pivot == value:
+        pivot = int(_pivot(guess, x))
+        if pivot == target:
             return guess
-        guess = np.nextafter(guess, np.inf if pivot < value else -np.inf)
+        guess = np.nextafter(guess, np.inf if pivot < target else -np.inf)
     raise AssertionError("no guess puts the pivot on the value")
 
 

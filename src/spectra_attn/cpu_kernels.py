@@ -171,6 +171,13 @@ def exp_nonpositive(x):
 
 
 @numba.njit(fastmath=_FAST, inline="always")
+def _count_if(count, condition):
+    """``count + condition`` kept in int32: Numba widens int32 + int32 to int64, and an int64
+    counter has half the vector lanes, so the counting passes would cost twice as much."""
+    return np.int32(count + condition)
+
+
+@numba.njit(fastmath=_FAST, inline="always")
 def _pivot(guess, x):
     """guess · exp(x) to second order (any increasing function of x would do), as float32 bits."""
     return _bits_from_float32(np.float32(guess * max(1.0 + x + 0.5 * x * x, 0.0)))
@@ -184,17 +191,15 @@ def _bracket(e, bits, target, total, guess, spread):
     low = _pivot(guess, -_SPREAD * spread)
     mass_high = 0.0
     mass_low = 0.0
-    # int32 counters, twice the lanes of int64 ones: Numba widens int32 + int32 to int64, so each
-    # sum is cast back (here and in keys_for_mass), or the counts would cost as much as the sums.
-    count_high = np.int32(0)
+    count_high = np.int32(0)  # int32 counters (see _count_if)
     count_low = np.int32(0)
     for j in range(e.shape[0]):
         b = bits[j]
         x = np.float64(e[j])
         mass_high += x if b >= high else 0.0
         mass_low += x if b >= low else 0.0
-        count_high = np.int32(count_high + (b >= high))
-        count_low = np.int32(count_low + (b >= low))
+        count_high = _count_if(count_high, b >= high)
+        count_low = _count_if(count_low, b >= low)
     if mass_high >= target:  # the answer is at or above the high pivot
         return _NO_UPPER, 0.0, 0, count_high, mass_high
     if mass_low >= target:  # between the pivots
@@ -243,7 +248,7 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
             b = bits[j]
             inside = (b >= pivot) & (b < upper)
             above += np.float64(e[j]) if inside else 0.0
-            m = np.int32(m + inside)
+            m = _count_if(m, inside)
         if m == 0 or m == n_in:  # all candidates equal (or the mean rounded onto an end)
             break
         if top + above >= target:
@@ -266,7 +271,7 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
             return count  # no value left: only when the target exceeds the total
         ties = np.int32(0)
         for j in range(n):
-            ties = np.int32(ties + (bits[j] == largest))
+            ties = _count_if(ties, bits[j] == largest)
         value = np.float64(_float32_from_bits(largest))
         for _ in range(ties):
             top += value
