@@ -20,8 +20,13 @@ device (nothing is downloaded). ``--tiny`` keeps the head layout with 2 layers a
 2. Timings (alternating, ``--repeats`` each, after a warm-up): the plain forward (SDPA,
    ``logits_to_keep=1``, no hooks, nothing written) and capture (pre-RoPE, every metric of every
    layer, head and token, zstd Parquet written to a temporary folder), with peak GPU memory.
+3. Where capture's time goes: the same capture with nothing written (forward, metrics, copies to
+   the host), so capture minus this is what writing adds; the host's Parquet encoding of one
+   batch of this shape on one thread and on N threads at once (``parquet_write.measure``); and a
+   torch profile of one captured batch (``gpu_profile.txt``, operators by device time).
 
-Writes ``gpu_capture.json`` into --out and prints a summary.
+Writes ``gpu_capture.json`` into --out after each step (a run cut short keeps what it measured)
+and prints a summary.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -221,6 +227,52 @@ def timings(model, tokens, batch_size, repeats, device, block) -> dict:
     }
 
 
+def metrics_only(model, tokens, batch_size, repeats, device, block) -> dict:
+    """Capture with nothing written: forward passes, metrics and their copies to the host."""
+    from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
+
+    settings = CaptureSettings(rope="pre", query_block_size=block)
+    use_capture_attention(model)
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for first in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(tokens[first : first + batch_size].astype(np.int64))
+            capture_batch(model, batch, settings)
+        sync(device)
+        runs.append(time.perf_counter() - start)
+    model.set_attn_implementation("sdpa")
+    return {"runs_s": runs, "median_s": statistics.median(runs)}
+
+
+def profile_batch(model, tokens, batch_size, device, block, path: Path) -> None:
+    """Operators of one captured batch (nothing written), by device time, into ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
+
+    settings = CaptureSettings(rope="pre", query_block_size=block)
+    use_capture_attention(model)
+    batch = torch.from_numpy(tokens[:batch_size].astype(np.int64))
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        capture_batch(model, batch, settings)
+        sync(device)
+    model.set_attn_implementation("sdpa")
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40) + "\n")
+
+
+def save(report: dict, out: Path) -> None:
+    """Write the report so far (atomically: a run cut short leaves the last whole one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "gpu_capture.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out / "gpu_capture.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
@@ -246,6 +298,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "dtype": str(dtype),
     }
+    out = Path(args.out)
+    save(report, out)
     start = time.perf_counter()
     model = build_model(TINY if args.tiny else LLAMA3_8B, device, dtype)
     sync(device)
@@ -257,17 +311,31 @@ def main() -> None:
     tokens[:, 0] = model.config.bos_token_id
     report["check_eager"] = check_against_eager(model, tokens[:2], device)
     report["check_cpu_kernel"] = check_against_cpu_kernel(model, tokens[:1], device)
+    save(report, out)
     print(json.dumps({k: report[k] for k in ("check_eager", "check_cpu_kernel")}, indent=1))
     report["timing"] = timings(model, tokens, args.batch_size, args.repeats, device, args.block)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_capture.json").write_text(json.dumps(report, indent=1) + "\n")
+    save(report, out)
     t = report["timing"]
     print(
         f"{report['device']}: forward {t['forward_s']:.2f} s, capture {t['capture_s']:.2f} s, "
         f"ratio {t['ratio']:.2f}, {t['rows']:,} rows, {t['rows_per_s']:,.0f} rows/s, "
-        f"peaks {t['peak_gpu_bytes']}"
+        f"peaks {t['peak_gpu_bytes']}",
+        flush=True,
     )
+    only = metrics_only(model, tokens, args.batch_size, args.repeats, device, args.block)
+    report["timing_nothing_written"] = {**only, "ratio": only["median_s"] / t["forward_s"]}
+    save(report, out)
+    print(f"capture with nothing written: {only['median_s']:.2f} s", flush=True)
+    import parquet_write  # beside this script
+
+    cores = len(os.sched_getaffinity(0))
+    threads = sorted({1, 2, 4, 8, cores} & set(range(1, cores + 1)))
+    report["host_cores"] = cores
+    report["host_parquet_encoding"] = parquet_write.measure(repeats=2, threads=threads)
+    save(report, out)
+    print(json.dumps(report["host_parquet_encoding"], indent=1), flush=True)
+    profile_batch(model, tokens, args.batch_size, device, args.block, out / "gpu_profile.txt")
+    print(f"profile of one captured batch: {out / 'gpu_profile.txt'}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """The CPU cost of writing capture rows, per batch of the Llama-3-8B shape, without a model.
 
-    .venv/bin/python benchmarks/parquet_write.py [--repeats 3]
+    .venv/bin/python benchmarks/parquet_write.py [--repeats 3] [--threads 1 2 4 8]
 
 One batch as capture hands it to its writer thread: 8 samples × 32 layers × 32 heads × 512 tokens
 (4,194,304 rows) of random metric values; timed: ``to_columns`` (long format), the Arrow arrays,
 and ``ParquetWriter.write_table`` (zstd, dictionary-encoded ids), as ``capture_to_parquet`` does
 them. On a GPU this CPU work runs beside the next batch's forward pass; if it takes longer than the
 forward, capture is bound by writing rather than by the GPU.
+
+``--threads``: how the encoding scales over the host's cores: N threads each encode their own copy
+of the batch at once (pyarrow releases the GIL while it encodes), rows/s summed over the threads.
+pyarrow writes one file's row groups on one thread, so this is what a writer that encoded row
+groups in parallel could reach on the machine, not what capture does now. (benchmarks/
+gpu_capture.py calls :func:`measure` on the GPU machine's host.)
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import io
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -44,34 +51,69 @@ def batch_layers(batch: int, layers: int, heads: int, length: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def encode(table: pa.Table, schema: pa.Schema) -> int:
+    """Write ``table`` as capture's writer does, to memory; returns the bytes written."""
+    buffer = io.BytesIO()
+    with pq.ParquetWriter(
+        buffer, schema, compression="zstd", use_dictionary=["sample_id", "layer", "head"]
+    ) as writer:
+        writer.write_table(table)
+    return buffer.tell()
+
+
+def measure(repeats: int = 3, threads: list[int] | None = None) -> dict:
+    """Median seconds per batch of each step on one thread; with ``threads``, the rows/s of N
+    concurrent encodings for each N."""
     layers = batch_layers(8, 32, 32, 512)
     schema = parquet_schema()
     runs: dict[str, list[float]] = {"to_columns": [], "arrow arrays": [], "write_table": []}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
         columns = to_columns(layers, np.arange(8))
         runs["to_columns"].append(time.perf_counter() - start)
         start = time.perf_counter()
         arrays = [pa.array(columns[f.name], f.type, from_pandas=True) for f in schema]
         runs["arrow arrays"].append(time.perf_counter() - start)
-        buffer = io.BytesIO()
-        writer = pq.ParquetWriter(
-            buffer, schema, compression="zstd", use_dictionary=["sample_id", "layer", "head"]
-        )
+        table = pa.Table.from_arrays(arrays, schema=schema)
         start = time.perf_counter()
-        writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-        writer.close()
+        encode(table, schema)
         runs["write_table"].append(time.perf_counter() - start)
-    rows = len(columns["sample_id"])
-    total = sum(statistics.median(v) for v in runs.values())
+    rows = table.num_rows
+    steps = {name: statistics.median(values) for name, values in runs.items()}
+    result = {
+        "rows_per_batch": rows,
+        "seconds": steps,
+        "rows_per_s_one_thread": rows / sum(steps.values()),
+    }
+    if threads:
+        scaling = {}
+        for n in threads:
+            with ThreadPoolExecutor(n) as pool:
+                list(pool.map(encode, [table] * n, [schema] * n))  # warm-up
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    list(pool.map(encode, [table] * n, [schema] * n))
+                    times.append(time.perf_counter() - start)
+            scaling[str(n)] = n * rows / statistics.median(times)
+        result["encode_rows_per_s_by_threads"] = scaling
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="*", default=[])
+    args = parser.parse_args()
+    result = measure(args.repeats, args.threads)
+    rows = result["rows_per_batch"]
     print(f"{rows:,} rows per batch (8 × 32 layers × 32 heads × 512 tokens)")
-    for name, values in runs.items():
-        print(f"{name:>13}: {statistics.median(values):.2f} s median")
+    for name, seconds in result["seconds"].items():
+        print(f"{name:>13}: {seconds:.2f} s median")
+    total = sum(result["seconds"].values())
     print(f"{'total':>13}: {total:.2f} s per batch, {rows / total:,.0f} rows/s on one thread")
+    for n, rate in result.get("encode_rows_per_s_by_threads", {}).items():
+        print(f"encoding on {n:>2} threads at once: {rate:,.0f} rows/s in all")
 
 
 if __name__ == "__main__":
