@@ -40,6 +40,10 @@ ATTN_IMPLEMENTATION = "spectra_capture"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# capture_batch on a GPU queues each layer's copies of its metrics to the host without waiting for
+# them, and waits once per batch (False: waits for every copy; benchmarks/gpu_capture.py compares).
+NON_BLOCKING_COPIES = True
+
 _ACTIVE_RECORDER: contextvars.ContextVar[AttentionRecorder | None] = contextvars.ContextVar(
     "spectra_active_recorder", default=None
 )
@@ -177,9 +181,12 @@ class AttentionRecorder:
         layers: set[int] | None = None,
         heads: list[int] | None = None,
         keep_logits: bool = False,
+        non_blocking_copies: bool = False,
     ):
         """``layers``/``heads``: record only these (default: all). ``keep_logits``: also keep the
-        recorded heads' causal logits ``[B, heads, T, T]`` in ``self.logits`` (for checks)."""
+        recorded heads' causal logits ``[B, heads, T, T]`` in ``self.logits`` (for checks).
+        ``non_blocking_copies``: see :func:`head_metrics`; the owner must synchronize the device
+        before reading ``self.layers``."""
         self.model = model
         self.settings = settings
         self.modules = [
@@ -189,6 +196,7 @@ class AttentionRecorder:
         self.head_dim = head_dim(model.config)
         self.heads = heads
         self.keep_logits = keep_logits
+        self.non_blocking_copies = non_blocking_copies
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self._recorded = {m.layer_idx for m in self.modules}
@@ -261,7 +269,12 @@ class AttentionRecorder:
     ) -> None:
         """Store what this recorder measures of one layer's (selected) heads."""
         self.layers[layer] = head_metrics(
-            query, key, scaling, self.settings, sliding_window=sliding_window
+            query,
+            key,
+            scaling,
+            self.settings,
+            sliding_window=sliding_window,
+            non_blocking=self.non_blocking_copies,
         )
         if self.keep_logits:
             self.logits[layer] = causal_logits(
@@ -279,11 +292,15 @@ def head_metrics(
     scaling: float,
     settings: CaptureSettings,
     sliding_window: int | None = None,
+    non_blocking: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Metrics of every (sample, head, token) of one layer.
 
     ``query``: ``[B, heads, T, d]``; ``key``: ``[B, kv_heads, T, d]`` (un-repeated). Returns
-    ``[B, heads, T]`` tensors on the CPU.
+    ``[B, heads, T]`` tensors on the CPU. ``non_blocking``: from a GPU, queue the copies to the
+    host (pinned memory) without waiting for them; the values are there only once the device has
+    synchronized. Waiting for each layer's copies would stall the host, which then could not queue
+    the next layer's kernels while the GPU runs.
     """
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
@@ -303,7 +320,7 @@ def head_metrics(
     for name in METRIC_NAMES:
         out[name] = getattr(metrics, name).reshape(batch, heads, length)
     out["entropy"][..., : settings.entropy_skip_tokens] = float("nan")
-    return {name: value.cpu() for name, value in out.items()}
+    return {name: value.to("cpu", non_blocking=non_blocking) for name, value in out.items()}
 
 
 COLUMNS = (
@@ -362,9 +379,14 @@ def capture_batch(
     model: torch.nn.Module, input_ids: torch.Tensor, settings: CaptureSettings
 ) -> dict[int, dict[str, torch.Tensor]]:
     """One forward pass of ``input_ids`` ``[B, T]``; returns per-layer ``[B, heads, T]`` metrics."""
-    with AttentionRecorder(model, settings) as recorder:
+    gpu = model.device.type == "cuda"
+    with AttentionRecorder(
+        model, settings, non_blocking_copies=gpu and NON_BLOCKING_COPIES
+    ) as recorder:
         model(input_ids=input_ids.to(model.device), use_cache=False, logits_to_keep=1)
         layers = recorder.layers
+    if gpu:
+        torch.cuda.synchronize(model.device)  # every layer's copies to the host have landed
     expected = len(recorder.modules)
     if len(layers) != expected:
         raise RuntimeError(
