@@ -22,9 +22,10 @@ device (nothing is downloaded). ``--tiny`` keeps the head layout with 2 layers a
    layer, head and token, zstd Parquet written to a temporary folder), with peak GPU memory.
 3. Where capture's time goes: the same capture with nothing written (forward, metrics, copies to
    the host), so capture minus this is what writing adds, and again with each layer's copies to
-   the host waited for (``NON_BLOCKING_COPIES = False``; both must give equal arrays); the host's Parquet encoding of one
-   batch of this shape on one thread and on N threads at once (``parquet_write.measure``); and a
-   torch profile of one captured batch (``gpu_profile.txt``, operators by device time).
+   the host waited for (``NON_BLOCKING_COPIES = False``; both must give equal arrays), and with
+   all of a sequence's queries in one block (fewer, larger kernels); the host's Parquet encoding
+   of one batch of this shape on one thread and on N threads at once (``parquet_write.measure``);
+   and a torch profile of one captured batch (``gpu_profile.txt``, operators by device time).
 
 Writes ``gpu_capture.json`` into --out after each step (a run cut short keeps what it measured)
 and prints a summary.
@@ -234,16 +235,23 @@ def metrics_only(model, tokens, batch_size, repeats, device, block) -> dict:
     import spectra_attn.capture as capture
 
     settings = capture.CaptureSettings(rope="pre", query_block_size=block)
+    whole = capture.CaptureSettings(rope="pre", query_block_size=tokens.shape[1])
+    # name: (copies queued, settings)
+    ways = {
+        "queued_copies": (True, settings),
+        "copies_waited_per_layer": (False, settings),
+        "queued_copies_one_query_block": (True, whole),
+    }
     capture.use_capture_attention(model)
-    runs: dict[str, list[float]] = {"queued_copies": [], "copies_waited_per_layer": []}
+    runs: dict[str, list[float]] = {name: [] for name in ways}
     try:
         for _ in range(repeats):
-            for name in runs:
-                capture.NON_BLOCKING_COPIES = name == "queued_copies"
+            for name, (queued, way) in ways.items():
+                capture.NON_BLOCKING_COPIES = queued
                 start = time.perf_counter()
                 for first in range(0, len(tokens), batch_size):
                     batch = torch.from_numpy(tokens[first : first + batch_size].astype(np.int64))
-                    capture.capture_batch(model, batch, settings)
+                    capture.capture_batch(model, batch, way)
                 sync(device)
                 runs[name].append(time.perf_counter() - start)
         # The queued copies, read after capture_batch's one wait, equal the waited-for ones.
@@ -350,7 +358,8 @@ def main() -> None:
     save(report, out)
     print(
         f"capture with nothing written: {only['queued_copies_median_s']:.2f} s "
-        f"(each layer's copies waited for: {only['copies_waited_per_layer_median_s']:.2f} s)",
+        f"(each layer's copies waited for: {only['copies_waited_per_layer_median_s']:.2f} s; "
+        f"one query block: {only['queued_copies_one_query_block_median_s']:.2f} s)",
         flush=True,
     )
     import parquet_write  # beside this script
