@@ -19,7 +19,9 @@ device (nothing is downloaded). ``--tiny`` keeps the head layout with 2 layers a
      of one layer (tight: the same numbers through two implementations).
 2. Timings (alternating, ``--repeats`` each, after a warm-up): the plain forward (SDPA,
    ``logits_to_keep=1``, no hooks, nothing written) and capture (pre-RoPE, every metric of every
-   layer, head and token, zstd Parquet written to a temporary folder), with peak GPU memory.
+   layer, head and token, zstd Parquet written to a temporary folder, its row groups encoded on
+   the threads ``run_capture`` would use: torch's but one), with peak GPU memory; and capture
+   with one writer thread (the two files must be byte-identical).
 3. Where capture's time goes: the same capture with nothing written (forward, metrics, copies to
    the host), so capture minus this is what writing adds, and again with each layer's copies to
    the host waited for (``NON_BLOCKING_COPIES = False``; both must give equal arrays), and with
@@ -177,11 +179,17 @@ def plain_forward(model, tokens: np.ndarray, batch_size: int, device: torch.devi
 
 
 def timings(model, tokens, batch_size, repeats, device, block) -> dict:
-    from spectra_attn.capture import CaptureSettings, capture_to_parquet, use_capture_attention
+    from spectra_attn.capture import (
+        CaptureSettings,
+        capture_to_parquet,
+        use_capture_attention,
+        writer_threads,
+    )
 
     settings = CaptureSettings(rope="pre", query_block_size=block)
     sample_ids = np.arange(len(tokens))
-    runs: dict[str, list[float]] = {"forward": [], "capture": []}
+    threads = writer_threads(device)  # what run_capture uses on this device
+    runs: dict[str, list[float]] = {"forward": [], "capture": [], "capture_one_writer_thread": []}
     peaks: dict[str, int] = {}
     rows = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,15 +214,26 @@ def timings(model, tokens, batch_size, repeats, device, block) -> dict:
                 peaks["forward"] = torch.cuda.max_memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
             use_capture_attention(model)
-            start = time.perf_counter()
-            rows = capture_to_parquet(
-                model, tokens, sample_ids, f"{tmp}/capture.parquet", settings, batch_size
-            )
-            sync(device)
-            runs["capture"].append(time.perf_counter() - start)
+            for name, n in (("capture", threads), ("capture_one_writer_thread", 1)):
+                start = time.perf_counter()
+                rows = capture_to_parquet(
+                    model,
+                    tokens,
+                    sample_ids,
+                    f"{tmp}/{name}.parquet",
+                    settings,
+                    batch_size,
+                    writer_threads=n,
+                )
+                sync(device)
+                runs[name].append(time.perf_counter() - start)
             if device.type == "cuda":
                 peaks["capture"] = torch.cuda.max_memory_allocated(device)
         size = Path(f"{tmp}/capture.parquet").stat().st_size
+        same = (
+            Path(f"{tmp}/capture.parquet").read_bytes()
+            == Path(f"{tmp}/capture_one_writer_thread.parquet").read_bytes()
+        )
     model.set_attn_implementation("sdpa")
     forward, capture = (statistics.median(runs[k]) for k in ("forward", "capture"))
     return {
@@ -222,6 +241,9 @@ def timings(model, tokens, batch_size, repeats, device, block) -> dict:
         "forward_s": forward,
         "capture_s": capture,
         "ratio": capture / forward,
+        "writer_threads": threads,
+        "capture_one_writer_thread_s": statistics.median(runs["capture_one_writer_thread"]),
+        "same_bytes_whatever_the_writer_threads": same,
         "rows": rows,
         "rows_per_s": rows / capture,
         "parquet_bytes": size,

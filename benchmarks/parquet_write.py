@@ -8,11 +8,10 @@ and ``ParquetWriter.write_table`` (zstd, dictionary-encoded ids), as ``capture_t
 them. On a GPU this CPU work runs beside the next batch's forward pass; if it takes longer than the
 forward, capture is bound by writing rather than by the GPU.
 
-``--threads``: how the encoding scales over the host's cores: N threads each encode their own copy
-of the batch at once (pyarrow releases the GIL while it encodes), rows/s summed over the threads.
-pyarrow writes one file's row groups on one thread, so this is what a writer that encoded row
-groups in parallel could reach on the machine, not what capture does now. (benchmarks/
-gpu_capture.py calls :func:`measure` on the GPU machine's host.)
+``--threads``: capture's own writer on N threads (``capture.row_group_tables`` into a
+``parquet_parts.PartsWriter``: the batch's row groups, one sample each at this shape, built and
+encoded at once, joined into one file), rows/s for each N. (benchmarks/gpu_capture.py calls
+:func:`measure` on the GPU machine's host.)
 """
 
 from __future__ import annotations
@@ -20,15 +19,17 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spectra_attn.capture import parquet_schema, to_columns
+from spectra_attn.capture import parquet_schema, row_group_tables, to_columns
+from spectra_attn.parquet_parts import PartsWriter
 
 
 def batch_layers(batch: int, layers: int, heads: int, length: int) -> dict:
@@ -51,19 +52,20 @@ def batch_layers(batch: int, layers: int, heads: int, length: int) -> dict:
     }
 
 
+WRITER_OPTIONS = dict(compression="zstd", use_dictionary=["sample_id", "layer", "head"])
+
+
 def encode(table: pa.Table, schema: pa.Schema) -> int:
-    """Write ``table`` as capture's writer does, to memory; returns the bytes written."""
+    """Write ``table`` with capture's writer options in one ParquetWriter, to memory."""
     buffer = io.BytesIO()
-    with pq.ParquetWriter(
-        buffer, schema, compression="zstd", use_dictionary=["sample_id", "layer", "head"]
-    ) as writer:
+    with pq.ParquetWriter(buffer, schema, **WRITER_OPTIONS) as writer:
         writer.write_table(table)
     return buffer.tell()
 
 
 def measure(repeats: int = 3, threads: list[int] | None = None) -> dict:
-    """Median seconds per batch of each step on one thread; with ``threads``, the rows/s of N
-    concurrent encodings for each N."""
+    """Median seconds per batch of each step on one thread; with ``threads``, the rows/s of
+    capture's writer on N threads for each N."""
     layers = batch_layers(8, 32, 32, 512)
     schema = parquet_schema()
     runs: dict[str, list[float]] = {"to_columns": [], "arrow arrays": [], "write_table": []}
@@ -87,16 +89,17 @@ def measure(repeats: int = 3, threads: list[int] | None = None) -> dict:
     }
     if threads:
         scaling = {}
-        for n in threads:
-            with ThreadPoolExecutor(n) as pool:
-                list(pool.map(encode, [table] * n, [schema] * n))  # warm-up
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "batch.parquet"
+            for n in threads:
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    list(pool.map(encode, [table] * n, [schema] * n))
+                    with PartsWriter(path, schema, n, **WRITER_OPTIONS) as writer:
+                        writer.write_parts(row_group_tables(layers, np.arange(8), schema))
                     times.append(time.perf_counter() - start)
-            scaling[str(n)] = n * rows / statistics.median(times)
-        result["encode_rows_per_s_by_threads"] = scaling
+                scaling[str(n)] = rows / statistics.median(times)
+        result["writer_rows_per_s_by_threads"] = scaling
     return result
 
 
@@ -112,8 +115,8 @@ def main() -> None:
         print(f"{name:>13}: {seconds:.2f} s median")
     total = sum(result["seconds"].values())
     print(f"{'total':>13}: {total:.2f} s per batch, {rows / total:,.0f} rows/s on one thread")
-    for n, rate in result.get("encode_rows_per_s_by_threads", {}).items():
-        print(f"encoding on {n:>2} threads at once: {rate:,.0f} rows/s in all")
+    for n, rate in result.get("writer_rows_per_s_by_threads", {}).items():
+        print(f"capture's writer on {n:>2} thread(s): {rate:,.0f} rows/s")
 
 
 if __name__ == "__main__":

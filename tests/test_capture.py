@@ -295,6 +295,34 @@ def test_run_capture_writes_parquet_rows_that_recompute_from_the_shards(
     np.testing.assert_allclose(got.max_attn, attention.max(-1), rtol=1e-5)
 
 
+def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_threads(
+    model_dir, manifest, tmp_path, monkeypatch
+):
+    import pyarrow.parquet as pq
+
+    import spectra_attn.capture as capture
+
+    # 2 layers × 4 heads × 20 tokens = 160 rows per sample: at least 161 rows makes pairs.
+    monkeypatch.setattr(capture, "ROW_GROUP_ROWS", 161)
+    one = tmp_path / "one" / "part_0000.parquet"
+    capture_range(model_dir, manifest, one, 0, 9, batch_size=5)
+    monkeypatch.setattr(capture, "writer_threads", lambda device: 3)
+    three = tmp_path / "three" / "part_0000.parquet"
+    capture_range(model_dir, manifest, three, 0, 9, batch_size=5)
+    assert one.read_bytes() == three.read_bytes()
+    parquet = pq.ParquetFile(one)
+    groups = [
+        sorted(set(parquet.read_row_group(i, columns=["sample_id"]).column(0).to_pylist()))
+        for i in range(parquet.metadata.num_row_groups)
+    ]
+    assert groups == [[0, 1], [2, 3], [4], [5, 6], [7, 8]]  # batches 0-4 and 5-8
+    whole = tmp_path / "whole" / "part_0000.parquet"
+    monkeypatch.setattr(capture, "ROW_GROUP_ROWS", 10_000)
+    capture_range(model_dir, manifest, whole, 0, 9, batch_size=5)
+    assert pq.ParquetFile(whole).metadata.num_row_groups == 2  # one per batch
+    pd.testing.assert_frame_equal(pd.read_parquet(one), pd.read_parquet(whole))
+
+
 def test_a_failed_write_stops_capture_and_leaves_no_file(
     model_dir, manifest, tmp_path, monkeypatch
 ):

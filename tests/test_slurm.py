@@ -31,6 +31,8 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     profile = ["--profile", str(ROOT / "profiles" / "slurm"), "--slurm-no-account"]
     # Poll often: the test cluster keeps finished jobs for an hour (MinJobAge ≥ 3 × this).
     profile += ["--slurm-init-seconds-before-status-checks", "5"]
+    # The profile gives capture 8 CPUs (GPU nodes); the one-node test cluster has nproc of them.
+    profile += ["--set-threads", f"capture={min(8, os.cpu_count() or 1)}"]
     return subprocess.run([*command, *profile, *args], capture_output=True, text=True, timeout=3000)
 
 
