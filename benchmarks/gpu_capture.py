@@ -183,12 +183,12 @@ def timings(model, tokens, batch_size, repeats, device, block) -> dict:
         CaptureSettings,
         capture_to_parquet,
         use_capture_attention,
-        writer_threads,
+        writer_threads_for,
     )
 
     settings = CaptureSettings(rope="pre", query_block_size=block)
     sample_ids = np.arange(len(tokens))
-    threads = writer_threads(device)  # what run_capture uses on this device
+    threads = writer_threads_for(device)  # what run_capture uses on this device
     runs: dict[str, list[float]] = {"forward": [], "capture": [], "capture_one_writer_thread": []}
     peaks: dict[str, int] = {}
     rows = 0

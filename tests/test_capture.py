@@ -306,7 +306,7 @@ def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_thr
     monkeypatch.setattr(capture, "ROW_GROUP_ROWS", 161)
     one = tmp_path / "one" / "part_0000.parquet"
     capture_range(model_dir, manifest, one, 0, 9, batch_size=5)
-    monkeypatch.setattr(capture, "writer_threads", lambda device: 3)
+    monkeypatch.setattr(capture, "writer_threads_for", lambda device: 3)
     three = tmp_path / "three" / "part_0000.parquet"
     capture_range(model_dir, manifest, three, 0, 9, batch_size=5)
     assert one.read_bytes() == three.read_bytes()
@@ -321,6 +321,20 @@ def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_thr
     capture_range(model_dir, manifest, whole, 0, 9, batch_size=5)
     assert pq.ParquetFile(whole).metadata.num_row_groups == 2  # one per batch
     pd.testing.assert_frame_equal(pd.read_parquet(one), pd.read_parquet(whole))
+
+
+def test_writer_threads_are_the_jobs_but_one_on_a_gpu_and_one_on_the_cpu():
+    from spectra_attn.capture import writer_threads_for
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert writer_threads_for(torch.device("cuda")) == 3
+        assert writer_threads_for(torch.device("cpu")) == 1
+        torch.set_num_threads(1)
+        assert writer_threads_for(torch.device("cuda")) == 1
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_a_failed_write_stops_capture_and_leaves_no_file(

@@ -428,7 +428,7 @@ def arrow_table(layers: dict[int, dict[str, torch.Tensor]], sample_ids: np.ndarr
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def writer_threads(device: torch.device) -> int:
+def writer_threads_for(device: torch.device) -> int:
     """Threads that build and encode capture's row groups: on a GPU, the job's CPU threads
     (torch's) but the one that drives the GPU; on the CPU one (the cores compute the metrics)."""
     return max(1, torch.get_num_threads() - 1) if device.type == "cuda" else 1
@@ -503,7 +503,7 @@ def capture_to_parquet(
     def write(writer, layers, ids) -> int:
         makers = row_group_tables(layers, ids, schema)
         writer.write_parts(makers)
-        return sum(len(layer["entropy"].flatten()) for layer in layers.values())
+        return sum(layer["entropy"].numel() for layer in layers.values())
 
     rows = 0
     with (
@@ -588,7 +588,7 @@ def run_capture(
         "k_eff_threshold": str(settings.k_eff_threshold),
         "entropy_skip_tokens": str(settings.entropy_skip_tokens),
     }
-    threads = writer_threads(model.device)
+    threads = writer_threads_for(model.device)
     logger.info("Parquet row groups built and encoded on %d thread(s)", threads)
     rows = capture_to_parquet(
         model,
