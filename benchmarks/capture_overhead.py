@@ -144,7 +144,12 @@ def seed_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> No
 
 
 def overhead(args) -> None:
-    from spectra_attn.capture import CaptureSettings, capture_to_parquet, use_capture_attention
+    from spectra_attn.capture import (
+        CaptureSettings,
+        capture_to_parquet,
+        use_capture_attention,
+        writer_threads_for,
+    )
 
     torch.set_num_threads(args.threads)
     model = bench_model(args.device)
@@ -187,7 +192,15 @@ def overhead(args) -> None:
             use_capture_attention(model)
             try:
                 written.append(
-                    capture_to_parquet(model, tokens, sample_ids, path, settings, args.batch_size)
+                    capture_to_parquet(
+                        model,
+                        tokens,
+                        sample_ids,
+                        path,
+                        settings,
+                        args.batch_size,
+                        writer_threads=writer_threads_for(model.device),  # as run_capture
+                    )
                 )
             finally:
                 model.set_attn_implementation("sdpa")
@@ -238,7 +251,12 @@ def overhead(args) -> None:
 
 def one_length(args) -> None:
     """Child process: one sample of args.length tokens, plain forward or capture."""
-    from spectra_attn.capture import CaptureSettings, capture_to_parquet, use_capture_attention
+    from spectra_attn.capture import (
+        CaptureSettings,
+        capture_to_parquet,
+        use_capture_attention,
+        writer_threads_for,
+    )
 
     torch.set_num_threads(args.threads)
     model = bench_model("cpu")
@@ -262,6 +280,7 @@ def one_length(args) -> None:
                 f"{tmp}/c.parquet",
                 CaptureSettings(query_block_size=args.block),
                 1,
+                writer_threads=writer_threads_for(model.device),  # as run_capture
             )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

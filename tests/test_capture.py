@@ -323,14 +323,14 @@ def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_thr
     pd.testing.assert_frame_equal(pd.read_parquet(one), pd.read_parquet(whole))
 
 
-def test_writer_threads_are_the_jobs_but_one_on_a_gpu_and_one_on_the_cpu():
+def test_writer_threads_are_the_jobs_on_the_cpu_and_all_but_one_on_a_gpu():
     from spectra_attn.capture import writer_threads_for
 
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
         assert writer_threads_for(torch.device("cuda")) == 3
-        assert writer_threads_for(torch.device("cpu")) == 1
+        assert writer_threads_for(torch.device("cpu")) == 4
         torch.set_num_threads(1)
         assert writer_threads_for(torch.device("cuda")) == 1
     finally:

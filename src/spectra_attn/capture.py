@@ -429,9 +429,12 @@ def arrow_table(layers: dict[int, dict[str, torch.Tensor]], sample_ids: np.ndarr
 
 
 def writer_threads_for(device: torch.device) -> int:
-    """Threads that build and encode capture's row groups: on a GPU, the job's CPU threads
-    (torch's) but the one that drives the GPU; on the CPU one (the cores compute the metrics)."""
-    return max(1, torch.get_num_threads() - 1) if device.type == "cuda" else 1
+    """Threads that build and encode capture's row groups: the job's CPU threads (torch's), on a
+    GPU but the one that drives it. On the CPU they share the cores with the metrics; the last
+    batch's rows, written after its forward pass with nothing beside them, go faster on all of
+    them (benchmarks/RESULTS.md)."""
+    threads = torch.get_num_threads()
+    return max(1, threads - 1) if device.type == "cuda" else threads
 
 
 def parquet_schema(metadata: dict[str, str] | None = None):
