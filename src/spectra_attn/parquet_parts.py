@@ -33,10 +33,15 @@ BOOL_TRUE, BOOL_FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRU
 _INTEGERS = (BYTE, I16, I32, I64)
 
 # Field ids of parquet.thrift (apache/parquet-format) that hold positions in the file.
-FILE_METADATA_NUM_ROWS, FILE_METADATA_ROW_GROUPS = 3, 4
+FILE_METADATA_SCHEMA, FILE_METADATA_NUM_ROWS, FILE_METADATA_ROW_GROUPS = 2, 3, 4
 ROW_GROUP_COLUMNS, ROW_GROUP_FILE_OFFSET, ROW_GROUP_ORDINAL = 1, 5, 7
 COLUMN_CHUNK_FILE_PATH, COLUMN_CHUNK_FILE_OFFSET, COLUMN_CHUNK_META_DATA = 1, 2, 3
-COLUMN_CHUNK_PAGE_INDEX = {4: "offset index", 6: "column index", 8: "encryption", 9: "encryption"}
+COLUMN_CHUNK_PAGE_INDEX = {
+    4: "an offset index",
+    6: "a column index",
+    8: "encrypted columns",
+    9: "encrypted columns",
+}
 META_DATA_OFFSETS = (9, 10, 11)  # data_page_offset, index_page_offset, dictionary_page_offset
 META_DATA_BLOOM_FILTER = 14
 FILE_METADATA_ENCRYPTION = (8, 9)
@@ -244,9 +249,11 @@ def shift_row_groups(footer: list[Field], delta: int, first_ordinal: int) -> lis
         for chunk in _field(row_group, ROW_GROUP_COLUMNS)[2][1]:
             for field_id, what in COLUMN_CHUNK_PAGE_INDEX.items():
                 if _field(chunk, field_id) is not None:
-                    raise ParquetPartError(f"a Parquet part with a {what} cannot be joined")
+                    raise ParquetPartError(f"a Parquet part with {what} cannot be joined")
             if _field(chunk, COLUMN_CHUNK_FILE_PATH) is not None:
-                raise ParquetPartError("a Parquet part with column chunks in other files")
+                raise ParquetPartError(
+                    "a Parquet part with column chunks in other files cannot be joined"
+                )
             new_chunk = []
             for field_id, kind, value in chunk:
                 if field_id == COLUMN_CHUNK_FILE_OFFSET:
@@ -288,7 +295,8 @@ class PartsWriter:
             if writer_options.get(option):
                 raise ParquetPartError(f"PartsWriter cannot join parts written with {option}")
         self.schema = schema
-        self.options = writer_options
+        # Explicit, should pyarrow's default change: a page index holds positions too.
+        self.options = {"write_page_index": False, **writer_options}
         self.threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="spectra-encode")
         self._file = open(path, "wb")  # noqa: SIM115 — closed by close()
@@ -315,7 +323,7 @@ class PartsWriter:
 
     def _append(self, data: bytes) -> None:
         body, footer = split_part(data)
-        schema = encode_struct([f for f in footer if f[0] == 2])
+        schema = encode_struct([f for f in footer if f[0] == FILE_METADATA_SCHEMA])
         if self._head is None:
             self._head, self._schema_bytes = footer, schema
         elif schema != self._schema_bytes:
