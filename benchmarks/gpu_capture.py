@@ -276,17 +276,21 @@ def metrics_only(model, tokens, batch_size, repeats, device, block) -> dict:
                     capture.capture_batch(model, batch, way)
                 sync(device)
                 runs[name].append(time.perf_counter() - start)
-        # The queued copies, read after capture_batch's one wait, equal the waited-for ones.
+        # The queued copies, read after capture_batch's one wait, equal the waited-for ones (a
+        # missing wait would show as stale or unwritten memory, far beyond any rounding).
         batch = torch.from_numpy(tokens[:batch_size].astype(np.int64))
         results = []
         for queued in (True, False):
             capture.NON_BLOCKING_COPIES = queued
             results.append(capture.capture_batch(model, batch, settings))
-        differing = sum(
-            not np.array_equal(a[name].numpy(), results[1][layer][name].numpy(), equal_nan=True)
+        pairs = [
+            (a[name].double().numpy(), results[1][layer][name].double().numpy())
             for layer, a in results[0].items()
             for name in a
-        )
+        ]
+        differing = sum(not np.array_equal(a, b, equal_nan=True) for a, b in pairs)
+        nan_mismatches = sum(int((np.isnan(a) != np.isnan(b)).sum()) for a, b in pairs)
+        largest = max(float(np.nanmax(np.abs(a - b), initial=0.0)) for a, b in pairs)
     finally:
         capture.NON_BLOCKING_COPIES = True
         model.set_attn_implementation("sdpa")
@@ -294,6 +298,8 @@ def metrics_only(model, tokens, batch_size, repeats, device, block) -> dict:
         "runs_s": runs,
         **{f"{k}_median_s": statistics.median(v) for k, v in runs.items()},
         "queued_vs_waited_arrays_differing": differing,
+        "queued_vs_waited_nan_mismatches": nan_mismatches,
+        "queued_vs_waited_max_abs_difference": largest,
     }
 
 
