@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spectra_attn.capture import parquet_schema, row_group_tables, to_columns
+from spectra_attn.capture import PARQUET_OPTIONS, parquet_schema, row_group_tables, to_columns
 from spectra_attn.parquet_parts import PartsWriter
 
 
@@ -52,13 +52,10 @@ def batch_layers(batch: int, layers: int, heads: int, length: int) -> dict:
     }
 
 
-WRITER_OPTIONS = dict(compression="zstd", use_dictionary=["sample_id", "layer", "head"])
-
-
 def encode(table: pa.Table, schema: pa.Schema) -> int:
     """Write ``table`` with capture's writer options in one ParquetWriter, to memory."""
     buffer = io.BytesIO()
-    with pq.ParquetWriter(buffer, schema, **WRITER_OPTIONS) as writer:
+    with pq.ParquetWriter(buffer, schema, **PARQUET_OPTIONS) as writer:
         writer.write_table(table)
     return buffer.tell()
 
@@ -95,7 +92,7 @@ def measure(repeats: int = 3, threads: list[int] | None = None) -> dict:
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    with PartsWriter(path, schema, n, **WRITER_OPTIONS) as writer:
+                    with PartsWriter(path, schema, n, **PARQUET_OPTIONS) as writer:
                         writer.write_parts(row_group_tables(layers, np.arange(8), schema))
                     times.append(time.perf_counter() - start)
                 scaling[str(n)] = rows / statistics.median(times)

@@ -396,6 +396,10 @@ def capture_batch(
     return layers
 
 
+# How capture's Parquet files are encoded. Dictionary-encode only the id columns: on the metric
+# floats it costs time and saves nothing.
+PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": ["sample_id", "layer", "head"]}
+
 # A row group holds whole samples, at least this many rows (unless its batch has fewer): one
 # sample of a Llama-3-8B-shaped capture at 512 tokens is 524,288 rows, of the bench model 32,768.
 ROW_GROUP_ROWS = 1 << 17
@@ -511,14 +515,7 @@ def capture_to_parquet(
     rows = 0
     with (
         atomic_path(out_path) as tmp,
-        # Dictionary-encode only the id columns: on metric floats it costs time and saves nothing.
-        PartsWriter(
-            tmp,
-            schema,
-            writer_threads,
-            compression="zstd",
-            use_dictionary=["sample_id", "layer", "head"],
-        ) as writer,
+        PartsWriter(tmp, schema, writer_threads, **PARQUET_OPTIONS) as writer,
         tqdm(
             total=len(tokens), unit="sample", file=_LogStream(), mininterval=10, ascii=True
         ) as progress,
