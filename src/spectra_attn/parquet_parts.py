@@ -224,16 +224,16 @@ def _replace(fields: list[Field], field_id: int, value: Any) -> list[Field]:
     return [(i, kind, value if i == field_id else v) for i, kind, v in fields]
 
 
-def split_part(data: bytes) -> tuple[bytes, list[Field]]:
-    """A whole Parquet file in memory → (the bytes between the leading magic and the footer,
-    the decoded footer)."""
+def split_part(data: bytes) -> tuple[memoryview, list[Field]]:
+    """A whole Parquet file in memory → (the bytes between the leading magic and the footer, as a
+    view: a part can be tens of MB, and it is only written out, not copied; the decoded footer)."""
     if len(data) < 12 or data[:4] != MAGIC or data[-4:] != MAGIC:
         raise ParquetPartError("not a Parquet file (no PAR1 magic at both ends)")
     (footer_size,) = struct.unpack("<I", data[-8:-4])
     footer_start = len(data) - 8 - footer_size
     if footer_start < 4:
         raise ParquetPartError("Parquet footer length points before the file's start")
-    return data[4:footer_start], decode_struct(data[footer_start:-8])
+    return memoryview(data)[4:footer_start], decode_struct(data[footer_start:-8])
 
 
 def shift_row_groups(footer: list[Field], delta: int, first_ordinal: int) -> list[list[Field]]:
@@ -297,12 +297,10 @@ class PartsWriter:
         self.schema = schema
         # Explicit, should pyarrow's default change: a page index holds positions too.
         self.options = {"write_page_index": False, **writer_options}
-        self.threads = max(1, threads)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="spectra-encode")
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="spectra-encode")
         self._file = open(path, "wb")  # noqa: SIM115 — closed by close()
         self._file.write(MAGIC)
-        self._head: list[Field] | None = None
-        self._schema_bytes: bytes | None = None
+        self._head: list[Field] | None = None  # the first part's footer
         self._row_groups: list[list[Field]] = []
         self._rows = 0
         self._closed = False
@@ -323,10 +321,9 @@ class PartsWriter:
 
     def _append(self, data: bytes) -> None:
         body, footer = split_part(data)
-        schema = encode_struct([f for f in footer if f[0] == FILE_METADATA_SCHEMA])
         if self._head is None:
-            self._head, self._schema_bytes = footer, schema
-        elif schema != self._schema_bytes:
+            self._head = footer
+        elif _field(footer, FILE_METADATA_SCHEMA) != _field(self._head, FILE_METADATA_SCHEMA):
             raise ParquetPartError("Parquet parts with different schemas cannot be joined")
         position = self._file.tell()
         self._row_groups += shift_row_groups(footer, position - len(MAGIC), len(self._row_groups))
