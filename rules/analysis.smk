@@ -22,12 +22,14 @@ rule atlas:
     threads: 2
     resources:
         gpu=1,
+        batch_size=config["capture"]["batch_size"],
+        query_block_size=config["capture"]["query_block_size"],
     params:
-        model=model_spec,
+        model=model_settings(),
+        model_path=model_path,
         sample_range=capture_sample_range,
         scales=atlas_scales(),
         capture=capture_settings(),
-        batch_size=config["capture"]["batch_size"],
     script:
         "../workflow_scripts/atlas.py"
 
@@ -142,9 +144,42 @@ rule plots:
             caption="../report/verdict.rst",
             category="Verdict",
         ),
+        # Each figure is also written as SVG beside its PNG (for papers); declared so that
+        # Snakemake tracks and cleans them too.
+        svg=expand(
+            f"{RUN}/plots/{{name}}.svg",
+            name=[
+                "intervention_panels",
+                "downstream_effects",
+                "gain_comparison",
+                "heatmap_atlas_gain",
+                "heatmap_phase0_correlation",
+                "position_profiles",
+            ],
+        ),
     log:
         f"{LOGS}/plots.log",
     conda:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/plots.py"
+
+
+rule describe_config:
+    input:
+        code=package_code("describe_config"),
+    output:
+        text=report(
+            f"{RUN}/configuration.txt",
+            caption="../report/configuration.rst",
+            category="Configuration",
+        ),
+    log:
+        f"{LOGS}/describe_config.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        config=config,
+    script:
+        "../workflow_scripts/describe_config.py"

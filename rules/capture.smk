@@ -37,11 +37,13 @@ rule capture:
     threads: 2
     resources:
         gpu=1,
+        batch_size=config["capture"]["batch_size"],
+        query_block_size=config["capture"]["query_block_size"],
     params:
-        model=model_spec,
+        model=model_settings(),
+        model_path=model_path,
         sample_range=capture_sample_range,
         capture=capture_settings(),
-        batch_size=config["capture"]["batch_size"],
     script:
         "../workflow_scripts/capture.py"
 
@@ -49,6 +51,7 @@ rule capture:
 rule export_capture_csv:
     input:
         parts=capture_parts(),
+        code=package_code("export_capture_csv"),
     output:
         csv=f"{RUN}/capture/attention_metrics.csv",
     log:

@@ -8,17 +8,24 @@ from snakemake.exceptions import WorkflowError
 
 # Importing the package also sets OMP_WAIT_POLICY for the jobs (see spectra_attn/__init__.py).
 from spectra_attn import config as spectra_config
+from spectra_attn import preflight
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
-from spectra_attn.gates import ATLAS_TOLERANCES
+from spectra_attn.gates import ATLAS_TOLERANCES, CHECKS
 from spectra_attn.samples import sample_ranges
 from spectra_attn.workflow import package_modules
 
 # The package's validator (same schema as `spectra config show`) fills defaults and names every
-# unknown or invalid key at once, before any job is scheduled.
+# unknown or invalid key at once, before any job is scheduled; then what the files can tell
+# (model folder, corpus split, sequence counts), since a value that fails inside a job would
+# fail only after Snakemake removed that job's earlier outputs.
 try:
     config.update(spectra_config.validate(config))
 except spectra_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
+if problems := preflight.problems(config):
+    raise WorkflowError(
+        "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+    )
 
 RUN = f"results/{config['run_name']}"
 LOGS = f"{RUN}/logs"
@@ -60,14 +67,26 @@ def corpus_dir(wildcards, input):
 
 
 def model_path(wildcards, input):
-    """The model folder or hub id: the built demo model when it is an input, else the config's."""
+    """Where the model is loaded from: the built demo model when it is an input (its local copy,
+    under a remote default storage), else the config's folder or hub id. A param computed from
+    the input is not recorded by Snakemake (a "derived" param), so what identifies the model is
+    passed as well, by model_settings()."""
     return input.model or config["model"]["name_or_path"]
 
 
-def model_spec(wildcards, input):
-    """What a model job loads (spectra_attn.capture.ModelSpec's fields)."""
+def tokenizer_settings():
+    """What identifies the tokenizer that makes the shards (a recorded param, like
+    model_settings(); it is loaded from model_path)."""
+    keys = ("name_or_path", "revision", "trust_remote_code")
+    return {key: config["model"][key] for key in keys}
+
+
+def model_settings():
+    """What identifies the model a job runs, spectra_attn.capture.ModelSpec's fields: a recorded
+    param, so changing the model, its dtype or revision, or the device reruns every job that
+    runs it. The script loads it from model_path."""
     return {
-        "name_or_path": model_path(wildcards, input),
+        "name_or_path": config["model"]["name_or_path"],
         "dtype": config["model"]["dtype"],
         "device": config["device"],
         "revision": config["model"]["revision"],
@@ -93,9 +112,18 @@ def capture_sample_range(wildcards):
     return list(CAPTURE_RANGES[int(wildcards.part)])
 
 
+def shard_settings():
+    """The data keys that define the shards (params, and so the cache key: a change remakes
+    them). data.tokenize_batch_size only sets how many documents are tokenized at once: it
+    reaches make_shards as a resource and remakes nothing."""
+    return {k: v for k, v in config["data"].items() if k != "tokenize_batch_size"}
+
+
 def capture_settings():
-    """The capture keys that define a metric, shared by capture, sweeps and checks."""
-    keys = ("rope", "k_eff_threshold", "entropy_skip_tokens", "query_block_size")
+    """The capture keys that define a metric, shared by capture, sweeps and checks (params: a
+    change reruns them). capture.query_block_size only bounds memory, so it reaches the jobs as
+    a resource, as the batch sizes do: changing it to fit a GPU reruns nothing."""
+    keys = ("rope", "k_eff_threshold", "entropy_skip_tokens")
     return {key: config["capture"][key] for key in keys}
 
 
@@ -121,8 +149,10 @@ def head_entry(wildcards):
     )
 
 
-def head_role(wildcards):
-    return head_entry(wildcards)["role"]
+def head_spec(wildcards):
+    """The job's head: spectra_attn.intervention.HeadSpec's fields."""
+    entry = head_entry(wildcards)
+    return {"layer": entry["layer"], "head": entry["head"], "role": entry["role"]}
 
 
 def head_scales(wildcards):
@@ -137,9 +167,6 @@ def head_n_samples(wildcards):
 def check_name(wildcards, output):
     """baseline_sanity, isolation or temperature_identity, from the report's file name."""
     return Path(output.report).name.split("_L")[0]
-
-
-CHECKS = ("baseline_sanity", "isolation", "temperature_identity")
 
 
 def intervention_outputs():
@@ -209,6 +236,7 @@ def final_outputs(wildcards):
         rules.aggregate.output.database,
         rules.gain.output.verdict,
         rules.plots.output.verdict,
+        rules.describe_config.output.text,
     ]
     if config["capture"]["export_csv"]:
         outputs.append(rules.export_capture_csv.output.csv)

@@ -2,6 +2,8 @@
 # results/<run>/data/shards/shard_NNNN.npz, with a manifest of counts, tokenizer and checksums.
 
 
+# The one rule without its package modules as inputs (package_code): an edit of corpus.py must not
+# download the dataset again.
 rule fetch_dataset:
     output:
         dataset_dir=directory(HUB_DATASET_DIR),
@@ -37,12 +39,13 @@ rule make_shards:
     conda:
         "../envs/data.yaml"
     threads: 2
+    resources:
+        tokenize_batch_size=config["data"]["tokenize_batch_size"],
     params:
         source=corpus_dir,
         split=config["data"]["split"],
-        tokenizer=model_path,
-        revision=config["model"]["revision"],
-        trust_remote_code=config["model"]["trust_remote_code"],
-        data=config["data"],
+        tokenizer=tokenizer_settings(),
+        tokenizer_path=model_path,
+        data=shard_settings(),
     script:
         "../workflow_scripts/make_shards.py"

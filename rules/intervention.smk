@@ -41,12 +41,14 @@ rule intervention_sweep:
     threads: 2
     resources:
         gpu=1,
+        batch_size=config["intervention"]["batch_size"],
+        query_block_size=config["capture"]["query_block_size"],
     params:
-        model=model_spec,
-        role=head_role,
+        model=model_settings(),
+        model_path=model_path,
+        head=head_spec,
         scales=head_scales,
         n_samples=head_n_samples,
-        batch_size=config["intervention"]["batch_size"],
         capture=capture_settings(),
     script:
         "../workflow_scripts/intervention_sweep.py"
@@ -70,10 +72,12 @@ rule check_baseline_sanity:
     threads: 2
     resources:
         gpu=1,
+        query_block_size=config["capture"]["query_block_size"],
     params:
         check=check_name,
-        model=model_spec,
-        role=head_role,
+        model=model_settings(),
+        model_path=model_path,
+        head=head_spec,
         scales=head_scales,
         n_samples=config["intervention"]["check_samples"],
         capture=capture_settings(),

@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 
 from spectra_attn.aggregate import (
+    EXPORTS,
     METRICS,
     histogram_edges,
     partial_aggregate,
@@ -132,3 +133,60 @@ def test_database_and_exports(aggregated):
     csv = pd.read_csv(tmp / "exports" / "head_summary.csv")
     assert len(csv) == 6 and "spearman_qn_entropy" in csv.columns
     assert len(pd.read_parquet(tmp / "exports" / "position_profile.parquet")) == 6 * T
+
+
+def test_exports_go_to_the_paths_named(aggregated, tmp_path):
+    _, summary, tmp = aggregated
+    partials = sorted(str(p) for p in (tmp / "partials").iterdir())
+    parts = sorted(str(p) for p in tmp.glob("part_*.parquet"))
+    exports = {name: tmp_path / "elsewhere" / f"x_{name}" for name in EXPORTS}
+    reduce_aggregates(partials, parts, tmp_path / "db.duckdb", exports, T, BINS)
+    for name, path in exports.items():
+        assert path.is_file(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.duckdb", "elsewhere"]
+    again = pd.read_parquet(exports["head_summary.parquet"]).set_index(["layer", "head"])
+    pd.testing.assert_frame_equal(again, summary, check_exact=False, rtol=1e-9)
+    with pytest.raises(ValueError, match="position_profile.csv"):
+        reduce_aggregates(partials, parts, tmp_path / "db.duckdb", {}, T, BINS)
+
+
+def test_failures_leave_no_temporaries_and_keep_earlier_outputs(aggregated, tmp_path):
+    """A corrupt part fails the map step without a half-written folder and without touching the
+    aggregates already there; a missing partial fails the reduce step without a stray database."""
+    _, _, tmp = aggregated
+    good = tmp_path / "partials" / "part_0000"
+    partial_aggregate(str(tmp / "part_0000.parquet"), good, context_length=T, bins=BINS)
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1" + b"\0" * 64)
+    with pytest.raises(duckdb.Error):
+        partial_aggregate(str(corrupt), good, context_length=T, bins=BINS)
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "partials").iterdir()) == ["part_0000"]
+    database = tmp_path / "db.duckdb"
+    with pytest.raises(duckdb.Error):
+        reduce_aggregates(
+            [str(good), str(tmp_path / "missing")],
+            [str(tmp / "part_0000.parquet")],
+            database,
+            tmp_path / "exports",
+            T,
+            BINS,
+        )
+    assert not database.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.parquet", "partials"]
+
+
+def test_histograms_are_written_in_a_fixed_order(aggregated, tmp_path):
+    """DuckDB's parallel GROUP BY returns groups in any order: the rows are sorted, so a rerun
+    writes the same bytes (the counts are integers)."""
+    _, _, tmp = aggregated
+    for run in ("a", "b"):
+        partial_aggregate(
+            str(tmp / "part_0001.parquet"), tmp_path / run, context_length=T, bins=BINS
+        )
+    first, second = ((tmp_path / r / "histograms.parquet").read_bytes() for r in ("a", "b"))
+    assert first == second
+    table = pq.read_table(tmp_path / "a" / "histograms.parquet").to_pandas()
+    keys = list(zip(table.layer, table["head"], table.metric, table.bin, strict=True))
+    assert keys == sorted(keys)

@@ -9,6 +9,7 @@ import pytest
 from spectra_attn.atlas import atlas_table
 from spectra_attn.capture import CaptureSettings, use_capture_attention
 from spectra_attn.gain import atlas_gains, compare_with_sweep
+from spectra_attn.gates import CheckFailed, require
 from spectra_attn.intervention import HeadSpec, run_sweep
 
 from .test_capture import input_ids, tiny_model
@@ -35,6 +36,13 @@ def test_atlas_equals_the_hook_based_sweep(rope, tmp_path):
     # A sweep of another head (wrong pairing) would not match.
     shifted = pd.concat(sweeps).assign(head=lambda f: (f["head"] + 1) % 4)
     assert not compare_with_sweep([str(tmp_path / "atlas.parquet")], shifted, 1e-5)["passed"]
+    # A head whose sweep shares no scale with the atlas is not compared: that fails, naming it,
+    # even though the other head matches.
+    offset = pd.concat([sweeps[0], sweeps[1].assign(scale=sweeps[1]["scale"] * 1.1)])
+    report = compare_with_sweep([str(tmp_path / "atlas.parquet")], offset, 1e-5)
+    assert not report["passed"] and report["heads"] == ["L1_H2"]
+    with pytest.raises(CheckFailed, match=r"atlas_vs_sweep failed for L1_H2: .* sweep of L1_H0"):
+        require(report)
 
 
 def test_atlas_gains_and_percentiles(tmp_path):

@@ -15,6 +15,7 @@ from spectra_attn.capture import (
     COLUMNS,
     CaptureSettings,
     ModelSpec,
+    UnsafeWeightsError,
     UnsupportedModelError,
     capture_batch,
     load_model,
@@ -417,6 +418,16 @@ def test_unsupported_architecture_fails_before_weights_load(tmp_path):
         load_model(ModelSpec(str(tmp_path), device="cpu"))
 
 
+def test_pickled_weights_are_refused(tmp_path):
+    """A model folder with only pytorch_model.bin (a pickle) is refused, naming the problem,
+    although transformers could load it."""
+    model = tiny_model("llama")
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeWeightsError, match="pickled checkpoints"):
+        load_model(ModelSpec(str(tmp_path), device="cpu"))
+
+
 def test_shards_from_another_tokenizer_fail_before_the_model_loads(
     model_dir, manifest, tmp_path, monkeypatch
 ):
@@ -497,7 +508,7 @@ def test_shards_are_held_one_at_a_time(tmp_path):
 
 
 def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):
-    from spectra_attn.capture import export_seed_csv
+    from spectra_attn.capture_csv import export_seed_csv
 
     parts = []
     for index, (start, stop) in enumerate([(0, 2), (2, 3)]):

@@ -42,19 +42,24 @@ CAPTURE_CONTRACT = {
 
 
 def walk(schema, prefix=""):
+    """Every key of the schema, with the keys of list items as ``<list>[].<key>``."""
     for key, sub in schema.get("properties", {}).items():
         name = f"{prefix}{key}"
         yield name, sub
         if sub.get("type") == "object":
             yield from walk(sub, f"{name}.")
+        if sub.get("items", {}).get("type") == "object":
+            yield from walk(sub["items"], f"{name}[].")
 
 
 def test_every_key_has_a_description_and_a_default():
     keys = dict(walk(spectra_config.load_schema()))
     assert set(keys) >= CONTRACT_KEYS
+    assert "intervention.heads[].scales" in keys
     for name, sub in keys.items():
         assert sub.get("description"), name
-        assert "default" in sub, name
+        if "[]" not in name:  # an item's keys are required or optional, not defaulted
+            assert "default" in sub, name
 
 
 def test_contract_defaults():
@@ -85,7 +90,7 @@ def test_repository_config_is_valid_and_is_the_demo():
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
     schema = spectra_config.load_schema()
     assert set(leaf_keys(raw)) == {
-        name for name, sub in walk(schema) if sub.get("type") != "object"
+        name for name, sub in walk(schema) if sub.get("type") != "object" and "[]" not in name
     }
 
 
@@ -114,12 +119,56 @@ def leaf_keys(mapping, prefix=""):
             "'intervention.heads[0].role'",
         ),
         ({"device": "tpu"}, "'device'"),
+        ({"atlas": {"scales": [1.0]}}, "'atlas.scales': [1.0] is too short"),
+        (
+            {
+                "intervention": {
+                    "heads": [
+                        {"layer": 1, "head": 0, "role": "target"},
+                        {"layer": 1, "head": 1, "role": "target"},
+                    ]
+                }
+            },
+            "needs exactly one head with role 'target', found 2",
+        ),
+        (
+            {"intervention": {"heads": [{"layer": 1, "head": 0, "role": "target"}]}},
+            "needs exactly one head with role 'control', found 0",
+        ),
+        ({"intervention": {"heads": []}}, "role 'target', found 0"),
+        (
+            {
+                "intervention": {
+                    "heads": [
+                        {"layer": 1, "head": 0, "role": "target"},
+                        {"layer": 1, "head": 0, "role": "control"},
+                    ]
+                }
+            },
+            "'intervention.heads[1]': L1_H0 is listed twice",
+        ),
+        (
+            {
+                "intervention": {
+                    "heads": [
+                        {"layer": 1, "head": 0, "role": "target", "scales": [0.8, 1.2]},
+                        {"layer": 1, "head": 1, "role": "control"},
+                    ]
+                }
+            },
+            "'intervention.heads[0]': L1_H0's scales [0.8, 1.2] share none with the atlas'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overlay, message):
     with pytest.raises(spectra_config.ConfigError) as error:
         spectra_config.validate(overlay)
     assert message in str(error.value)
+
+
+def test_heads_are_free_when_selected_automatically():
+    chosen = spectra_config.validate({"intervention": {"select": "auto", "heads": []}})
+    assert chosen["intervention"]["heads"] == []
 
 
 def test_overlay_merges_mappings_and_replaces_lists(tmp_path):
@@ -150,3 +199,46 @@ def test_config_show_rejects_a_bad_key(tmp_path, monkeypatch, capsys):
     (tmp_path / "mine.yaml").write_text("capture:\n  n_sample: 3\n")
     assert main(["config", "show", "--configfile", "mine.yaml"]) == 2
     assert "'n_sample' under 'capture'" in capsys.readouterr().err
+
+
+def test_write_description_explains_and_lists_every_value(tmp_path):
+    config = spectra_config.load([ROOT / "config.yaml"])
+    spectra_config.write_description(config, tmp_path / "configuration.txt")
+    text = (tmp_path / "configuration.txt").read_text()
+    explained, _, listed = text.partition("Every value (validated, defaults filled in)")
+    assert "pre-RoPE" in explained and listed
+    assert yaml.safe_load(listed) == config  # every value, as the jobs got it
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["capture", "--n-samples", "0"], "n_samples must be at least 1, not 0"),
+        (["capture", "--n-samples", "4", "--batch-size", "0"], "at least 1, not 0"),
+        (["capture", "--n-samples", "4", "--k-eff-threshold", "5"], "at most 1, not 5"),
+        (["capture", "--n-samples", "4", "--k-eff-threshold", "0"], "above 0, not 0"),
+        (["capture", "--n-samples", "x"], "'x' is not an integer"),
+        (["intervene", "--layer", "0", "--head", "-1"], "--head must be at least 0"),
+        (["intervene", "--layer", "0", "--head", "1", "--scales", "1", "-1"], "above 0, not -1"),
+    ],
+)
+def test_command_options_are_held_to_the_schema(arguments, message, capsys):
+    """The commands' options take their defaults and bounds from the configuration schema."""
+    command, *rest = arguments
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--model", "m", "--shards", "s", "--out", "o", *rest])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_command_errors_are_one_line(tmp_path, capsys):
+    scales = ["--layer", "0", "--head", "1", "--scales", "1.0"]
+    common = ["--shards", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(["intervene", "--model", "m", *common, *scales]) == 2
+    assert "--scales needs at least two values" in capsys.readouterr().err
+    assert main(["capture", "--model", "/no/such/model", *common, "--n-samples", "1"]) == 2
+    assert "no manifest.json for shards" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [\n")
+    assert main(["config", "show", "--configfile", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

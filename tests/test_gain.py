@@ -96,6 +96,14 @@ def test_verdict_on_a_clear_difference():
     assert result["gain_ratio"] == pytest.approx(4.0, rel=0.1)
     assert "strong evidence" in result["verdict"] and not result["failure_criterion_met"]
     assert result["target"] == {"layer": 2, "head": 0}
+    assert "target_percentile" not in result
+    atlas = pd.DataFrame(
+        {"layer": [2, 2, 3], "head": [0, 1, 0], "percentile_max_attn": [100.0, 33.3, 66.7]}
+    )
+    ranked = verdict(sweep, trend_analysis(sweep), head_gains(sweep), n_boot=300, atlas=atlas)
+    assert (ranked["target_percentile"], ranked["heads_in_atlas"]) == (100.0, 3)
+    with pytest.raises(ValueError, match="no gain for the target head L2_H0"):
+        verdict(sweep, trend_analysis(sweep), head_gains(sweep), n_boot=300, atlas=atlas[1:])
 
 
 def test_failure_criterion_is_stated_plainly():

@@ -101,6 +101,70 @@ def test_sweep_scale_one_equals_plain_capture(model, settings):
     assert (entropy.diff(dim=1) < 0).all()
 
 
+@pytest.fixture(scope="module")
+def sharp_model():
+    """The tiny model with its output made to depend on the target head: its layer's query and
+    output projections and the unembedding scaled up (random small weights give near-uniform
+    next-token distributions, whose KL would be ~1e-6 at any scale)."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[TARGET.layer].self_attn.q_proj.weight.mul_(4)
+        model.model.layers[TARGET.layer].self_attn.o_proj.weight.mul_(30)
+        model.lm_head.weight.mul_(100)
+    use_capture_attention(model)
+    return model
+
+
+def test_loss_kl_and_metrics_equal_separate_runs_with_torch_losses(sharp_model, settings):
+    """The batched sweep (all scales in one pass, the prefix shared) against one plain run per
+    scale, with the query scaled by a hook written here and the losses from torch.nn.functional:
+    next-token cross-entropy and KL(baseline ‖ intervened), both in float64."""
+    import torch.nn.functional as F
+
+    model = sharp_model
+    ids = input_ids(batch=2)
+    result = sweep_batch(model, ids, TARGET, SCALES, settings)
+    attention = model.model.layers[TARGET.layer].self_attn
+    dim = model.config.hidden_size // model.config.num_attention_heads
+    cut = slice(TARGET.head * dim, (TARGET.head + 1) * dim)
+    with torch.inference_mode():
+        base = model(input_ids=ids, use_cache=False).logits.double()
+    for column, scale in enumerate(SCALES):
+
+        def scale_query(module, inputs, output, scale=scale):
+            output = output.clone()
+            output[..., cut] *= scale
+            return output
+
+        handle = attention.q_proj.register_forward_hook(scale_query)
+        try:
+            with torch.inference_mode():
+                logits = model(input_ids=ids, use_cache=False).logits.double()
+                head = capture_batch(model, ids, settings)[TARGET.layer]
+        finally:
+            handle.remove()
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").mean(
+            -1
+        )
+        kl = F.kl_div(
+            F.log_softmax(logits, -1), F.log_softmax(base, -1), log_target=True, reduction="none"
+        )
+        kl = kl.sum(-1).mean(-1)
+        torch.testing.assert_close(result["loss"][:, column].double(), loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result["kl"][:, column].double(), kl, rtol=1e-4, atol=1e-6)
+        for name in ("entropy", "max_attn", "query_norm"):
+            torch.testing.assert_close(
+                result[name][:, column],
+                head[name][:, TARGET.head],
+                rtol=1e-5,
+                atol=1e-6,
+                equal_nan=True,
+            )
+        assert (result["k_eff"][:, column] - head["k_eff"][:, TARGET.head]).abs().max() <= 1
+    assert (result["kl"][:, SCALES.index(1.0)] < 1e-6).all()
+    assert (result["kl"][:, 0] > 1e-2).all()  # the comparison above was not between zeros
+
+
 def test_scales_share_one_batched_pass(model, settings):
     """Two passes: the baseline, then one whose batch grows to samples × scales at the
     intervened layer (layers below it run once per sample)."""

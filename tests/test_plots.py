@@ -235,3 +235,37 @@ def test_gain_fit_unknown_head_raises(tmp_path):
         plots.plot_gain_fit(sweep, make_gain(sweep), 0, 0, tmp_path / "fig")
     assert list(tmp_path.iterdir()) == []
     assert plt.get_fignums() == []
+
+
+def test_report_figures_writes_every_declared_file(tmp_path):
+    """What the plots rule declares: each figure's PNG and SVG, the folders, the verdict page;
+    and nothing else."""
+    sweep = make_sweep()
+    out = {name: tmp_path / f"{name}.png" for name in plots.REPORT_FIGURES}
+    out |= {name: tmp_path / name for name in plots.REPORT_FOLDERS}
+    out["verdict"] = tmp_path / "verdict.html"
+    plots.report_figures(
+        sweep, make_gain(sweep), VERDICT, make_head_summary(), make_atlas(), make_positions(), out
+    )
+    expected = {f"{name}.{ext}" for name in plots.REPORT_FIGURES for ext in ("png", "svg")}
+    expected |= {*plots.REPORT_FOLDERS, "verdict.html"}
+    assert {p.name for p in tmp_path.iterdir()} == expected
+    heatmaps = {p.name for p in (tmp_path / "heatmaps").iterdir()}
+    assert heatmaps == {f"{v}.{ext}" for v in plots.METRIC_HEATMAPS for ext in ("png", "svg")}
+    fits = {p.name for p in (tmp_path / "gain_fits").iterdir()}
+    assert fits == {
+        f"gain_fit_L{layer}_H{head}.{ext}"
+        for layer, head in (TARGET, CONTROL)
+        for ext in ("png", "svg")
+    }
+    with pytest.raises(ValueError, match="gain_fits"):
+        plots.report_figures(sweep, make_gain(sweep), VERDICT, None, None, None, {"panels": "x"})
+
+
+def test_verdict_html_escapes_every_value():
+    page = plots.verdict_html({"verdict": "a < b & c", "note": "<script>x</script>"})
+    root = ET.fromstring(page)  # well-formed: nothing unescaped broke the markup
+    assert root.find("body/h2").text == "a < b & c"
+    cells = [(tr.find("th").text, tr.find("td").text) for tr in root.iter("tr")]
+    assert cells == [("verdict", "a < b & c"), ("note", "<script>x</script>")]
+    assert "<script>" not in page

@@ -1,7 +1,8 @@
 """The workflow end to end on the offline demo: dry run, real run, a second run that does nothing.
 
-Runs Snakemake on this checkout's Snakefile in a fresh working directory, as a user would after
-`make demo`, so it never touches the checkout's own results/.
+Runs Snakemake on a copy of this checkout's workflow (Snakefile, rules, scripts, package sources)
+in a fresh working directory, as a user would after `make demo`, so it never touches the
+checkout's own results/ and a test that edits a module edits the copy.
 """
 
 from __future__ import annotations
@@ -18,13 +19,29 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+WORKFLOW = ("Snakefile", "rules", "workflow_scripts", "envs", "report", "src/spectra_attn")
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """The workflow's files copied: rules declare the package modules under the Snakefile's
+    folder as inputs, and the copy's are safe to edit. (Jobs import the installed package.)"""
+    copy = tmp_path_factory.mktemp("checkout")
+    for name in WORKFLOW:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, copy / name)
+    return copy
+
+
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake on the workflow copy that ``workdir`` (a folder inside it) belongs to."""
     return subprocess.run(
-        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args],
+        [*SNAKEMAKE, "-s", str(workdir.parent / "Snakefile"), "-d", str(workdir), *args],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -32,8 +49,9 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
+def demo_run(checkout):
+    workdir = checkout / "demo"
+    workdir.mkdir()
     shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
     dry = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
@@ -43,15 +61,29 @@ def demo_run(tmp_path_factory):
 
 
 def test_dry_run_plans_every_stage(demo_run):
+    """Every rule of the default configuration, and only those: the hub download, the CSV export
+    and the automatic head selection run only when asked for."""
     _, dry, _ = demo_run
-    for rule in (
+    assert planned_rules(dry) == {
         "build_demo_corpus",
         "build_demo_model",
         "make_shards",
         "capture_samples",
         "capture",
-    ):
-        assert rule in dry.stdout, dry.stdout[-2000:]
+        "aggregate_partial",
+        "aggregate",
+        "atlas",
+        "atlas_gain",
+        "intervention_sweep",
+        "check_baseline_sanity",
+        "check_isolation",
+        "check_temperature_identity",
+        "check_atlas_vs_sweep",
+        "gain",
+        "plots",
+        "describe_config",
+        "all",
+    }, dry.stdout[-3000:]
 
 
 def test_real_run_writes_validated_shards(demo_run):
@@ -158,10 +190,12 @@ def test_analysis_outputs_and_report(demo_run):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000
         assert (run / "plots" / f"{name}.svg").is_file()
     assert (run / "plots" / "gain_fits" / "gain_fit_L2_H0.png").is_file()
+    described = (run / "configuration.txt").read_text()
+    assert "k_eff_threshold: 0.9" in described and "pre-RoPE" in described
     result = snakemake(workdir, "--report", "report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workdir / "report.html").read_text(errors="ignore")
-    assert "Verdict" in html and "Gain" in html
+    assert "Verdict" in html and "Gain" in html and "Configuration" in html
 
 
 def test_automatic_head_selection_runs_through_the_checkpoint(demo_run, tmp_path):
@@ -172,7 +206,7 @@ def test_automatic_head_selection_runs_through_the_checkpoint(demo_run, tmp_path
     import pandas as pd
 
     workdir, _, _ = demo_run
-    copy = tmp_path / "demo"
+    copy = workdir.parent / "demo_auto"  # beside it: the same workflow copy, the same code inputs
     shutil.copytree(workdir, copy, symlinks=True)  # copy2 keeps mtimes: the capture is up to date
     mine = tmp_path / "mine.yaml"
     mine.write_text("intervention:\n  select: auto\n")
@@ -244,13 +278,30 @@ def test_changing_the_rope_mode_keeps_the_shards(demo_run, tmp_path):
     assert not planned & {"make_shards", "build_demo_model", "build_demo_corpus"}
 
 
+def test_changing_the_model_reruns_every_job_that_runs_it(demo_run, tmp_path):
+    """What the model jobs load is a param computed from their input (the demo model's folder),
+    which Snakemake does not record; the model's identity is recorded beside it, so a change of
+    dtype (or of the model, or the device) reruns them and keeps the shards."""
+    workdir, _, _ = demo_run
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  dtype: bfloat16\n")
+    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", str(mine))
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = planned_rules(result)
+    assert {"capture", "atlas", "intervention_sweep", "check_isolation"} <= planned
+    assert not planned & {"make_shards", "build_demo_model", "build_demo_corpus"}
+    mine.write_text("device: cpu\n")
+    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", str(mine))
+    assert {"capture", "atlas", "intervention_sweep"} <= planned_rules(result)
+
+
 def test_editing_the_metrics_code_reruns_capture(demo_run):
     """Snakemake compares the content of small inputs, not only their mtime: a real edit of a
     package module the capture declares as input reruns it (and what follows)."""
     import os
 
     workdir, _, _ = demo_run
-    module = ROOT / "src" / "spectra_attn" / "metrics.py"
+    module = workdir.parent / "src" / "spectra_attn" / "metrics.py"  # the copy's
     original, before = module.read_bytes(), module.stat()
     try:
         module.write_bytes(original + b"\n# edited by tests/test_workflow.py\n")
@@ -269,6 +320,23 @@ def test_second_run_does_nothing(demo_run):
     again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_execution_settings_rerun_nothing(demo_run, tmp_path):
+    """Batch sizes and the query block size only decide how the work is cut (they reach the jobs
+    as resources): lowering them to fit a GPU must not recompute finished captures."""
+    workdir, _, _ = demo_run
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        "data:\n  tokenize_batch_size: 7\n"
+        "capture:\n  batch_size: 2\n  query_block_size: 32\n"
+        "intervention:\n  batch_size: 2\n"
+    )
+    result = snakemake(
+        workdir, "--cores", "1", "--resources", "gpu=1", "-n", "--configfile", str(mine)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
 def test_bad_config_key_fails_before_any_job(demo_run, tmp_path):

@@ -25,6 +25,15 @@ def test_analysis_scripts_do_not_pull_in_the_model_code():
         assert not {"capture", "metrics", "checks"} & names(script), script
 
 
+def test_model_jobs_do_not_depend_on_the_analysis_code():
+    """Editing the analysis (gains, plots, aggregation, head selection, the CSV export) must not
+    rerun the jobs that run the model, which take hours of GPU time at scale."""
+    analysis = {"gain", "plots", "aggregate", "selection", "capture_csv", "gates"}
+    for script in ("capture", "atlas", "intervention_sweep"):
+        assert not analysis & names(script), (script, analysis & names(script))
+    assert not (analysis - {"gates"}) & names("check_intervention")
+
+
 def test_from_package_import_module_counts(tmp_path):
     script = tmp_path / "s.py"
     script.write_text("from spectra_attn import gates\n\ndef f():\n    import spectra_attn.io\n")

@@ -1,16 +1,20 @@
 """Snakemake adapter: merge the partial aggregates into the DuckDB database (the reduce step)."""
 
-from pathlib import Path
-
 from spectra_attn.aggregate import reduce_aggregates
 
 
 def main(snakemake) -> None:
+    output = snakemake.output
     reduce_aggregates(
         list(snakemake.input.partials),
         list(snakemake.input.parts),
-        snakemake.output.database,
-        Path(snakemake.output.head_summary).parent,
+        output.database,
+        {
+            "head_summary.parquet": output.head_summary,
+            "head_summary.csv": output.head_summary_csv,
+            "position_profile.parquet": output.position_profile,
+            "position_profile.csv": output.position_profile_csv,
+        },
         context_length=snakemake.params.context_length,
         bins=snakemake.params.bins,
     )

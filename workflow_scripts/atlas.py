@@ -11,14 +11,16 @@ def main(snakemake) -> None:
     params = snakemake.params
     start, stop = params.sample_range
     run_atlas(
-        ModelSpec(**params.model),
+        ModelSpec(**{**params.model, "name_or_path": params.model_path}),
         snakemake.input.manifest,
         snakemake.output.part,
         sample_start=start,
         sample_stop=stop,
-        settings=CaptureSettings(**params.capture),
+        settings=CaptureSettings(
+            **params.capture, query_block_size=snakemake.resources.query_block_size
+        ),
         scales=params.scales,
-        batch_size=params.batch_size,
+        batch_size=snakemake.resources.batch_size,
     )
 
 

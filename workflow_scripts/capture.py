@@ -10,13 +10,15 @@ def main(snakemake) -> None:
     params = snakemake.params
     start, stop = params.sample_range
     run_capture(
-        ModelSpec(**params.model),
+        ModelSpec(**{**params.model, "name_or_path": params.model_path}),
         snakemake.input.manifest,
         snakemake.output.part,
         sample_start=start,
         sample_stop=stop,
-        settings=CaptureSettings(**params.capture),
-        batch_size=params.batch_size,
+        settings=CaptureSettings(
+            **params.capture, query_block_size=snakemake.resources.query_block_size
+        ),
+        batch_size=snakemake.resources.batch_size,
     )
 
 

@@ -9,15 +9,15 @@ from spectra_attn.intervention import HeadSpec
 
 def main(snakemake) -> None:
     torch.set_num_threads(snakemake.threads)
-    params, wildcards = snakemake.params, snakemake.wildcards
+    params = snakemake.params
     run_check(
         params.check,
-        ModelSpec(**params.model),
+        ModelSpec(**{**params.model, "name_or_path": params.model_path}),
         snakemake.input.manifest,
-        HeadSpec(int(wildcards.layer), int(wildcards.head), params.role),
+        HeadSpec(**params.head),
         params.scales,
         params.n_samples,
-        CaptureSettings(**params.capture),
+        CaptureSettings(**params.capture, query_block_size=snakemake.resources.query_block_size),
         snakemake.output.report,
     )
 

@@ -1,6 +1,6 @@
 """Snakemake adapter: the capture parts as one CSV in the seed's format, for old scripts."""
 
-from spectra_attn.capture import export_seed_csv
+from spectra_attn.capture_csv import export_seed_csv
 
 
 def main(snakemake) -> None:

@@ -18,11 +18,8 @@ def main(snakemake) -> None:
         gains,
         n_boot=snakemake.params.bootstrap_samples,
         seed=snakemake.params.seed,
+        atlas=pd.read_csv(snakemake.input.atlas),
     )
-    atlas = pd.read_csv(snakemake.input.atlas).set_index(["layer", "head"])
-    target = (result["target"]["layer"], result["target"]["head"])
-    result["target_percentile"] = float(atlas.loc[target, "percentile_max_attn"])
-    result["heads_in_atlas"] = len(atlas)
     logging.getLogger("spectra_attn.gain").info("verdict: %s", result)
     write_csv(gains, snakemake.output.summary)
     write_json(snakemake.output.verdict, result)

@@ -8,16 +8,16 @@ from spectra_attn.intervention import HeadSpec, run_head_sweep
 
 def main(snakemake) -> None:
     torch.set_num_threads(snakemake.threads)
-    params, wildcards = snakemake.params, snakemake.wildcards
+    params, resources = snakemake.params, snakemake.resources
     run_head_sweep(
-        ModelSpec(**params.model),
+        ModelSpec(**{**params.model, "name_or_path": params.model_path}),
         snakemake.input.manifest,
-        HeadSpec(int(wildcards.layer), int(wildcards.head), params.role),
+        HeadSpec(**params.head),
         params.scales,
         params.n_samples,
-        CaptureSettings(**params.capture),
+        CaptureSettings(**params.capture, query_block_size=resources.query_block_size),
         dict(snakemake.output.items()),
-        batch_size=params.batch_size,
+        batch_size=resources.batch_size,
     )
 
 

@@ -12,7 +12,7 @@ def main(snakemake) -> None:
     preprocess(
         snakemake.params.source,
         snakemake.params.split,
-        snakemake.params.tokenizer,
+        snakemake.params.tokenizer_path,
         snakemake.output.shards,
         snakemake.output.manifest,
         include_sources=data["include_sources"],
@@ -20,11 +20,15 @@ def main(snakemake) -> None:
         sequences_per_shard=data["sequences_per_shard"],
         max_sequences=data["max_sequences"],
         prepend_bos=data["prepend_bos"],
-        batch_size=data["tokenize_batch_size"],
+        batch_size=snakemake.resources.tokenize_batch_size,
         on_bad_record=data["on_bad_record"],
-        revision=snakemake.params.revision,
-        trust_remote_code=snakemake.params.trust_remote_code,
-        config_used={"data": data, "tokenizer": snakemake.params.tokenizer},
+        revision=snakemake.params.tokenizer["revision"],
+        trust_remote_code=snakemake.params.tokenizer["trust_remote_code"],
+        config_used={
+            "data": data,
+            "tokenizer": snakemake.params.tokenizer["name_or_path"],
+            "tokenizer_path": snakemake.params.tokenizer_path,
+        },
     )
 
 

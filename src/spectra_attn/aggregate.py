@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
+import tempfile
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from spectra_attn.io import atomic_path
+from spectra_attn.io import atomic_dir, atomic_path, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -83,57 +83,57 @@ def partial_aggregate(
     """Map step: the mergeable aggregates of one capture part, as three Parquet files in
     ``out_dir`` (moments.parquet, histograms.parquet, positions.parquet), written atomically
     (into a temporary folder that replaces ``out_dir``)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    con = connect()
-    # Decompress the part once: the three queries below would each scan the Parquet file again.
-    con.execute(f"CREATE TABLE part AS {_rows_sql([part])}")
-    moments = ", ".join(
-        f"count({m}) AS {m}_n, avg({m}) AS {m}_mean, "
-        f"coalesce(var_pop({m}), 0) * count({m}) AS {m}_m2"
-        for m in METRICS
-    )
-    paired = "query_norm IS NOT NULL AND entropy IS NOT NULL"
-    con.execute(
-        f"""COPY (
-            SELECT layer, head, count(*) AS rows, {moments},
-                count(*) FILTER (WHERE {paired}) AS pair_n,
-                avg(query_norm) FILTER (WHERE {paired}) AS pair_mean_x,
-                avg(entropy) FILTER (WHERE {paired}) AS pair_mean_y,
-                coalesce(var_pop(query_norm) FILTER (WHERE {paired}), 0)
-                    * count(*) FILTER (WHERE {paired}) AS pair_m2_x,
-                coalesce(var_pop(entropy) FILTER (WHERE {paired}), 0)
-                    * count(*) FILTER (WHERE {paired}) AS pair_m2_y,
-                coalesce(covar_pop(query_norm, entropy) FILTER (WHERE {paired}), 0)
-                    * count(*) FILTER (WHERE {paired}) AS pair_c
-            FROM part GROUP BY layer, head ORDER BY layer, head
-        ) TO '{tmp / "moments.parquet"}' (FORMAT parquet)"""
-    )
-    histogram_queries = [
-        f"""SELECT layer, head, '{m}' AS metric, bin, count(*) AS count FROM (
-                SELECT layer, head,
-                    {_bin_expression(m, histogram_edges(m, context_length, bins))} AS bin
-                FROM part WHERE {m} IS NOT NULL)
-            WHERE bin IS NOT NULL GROUP BY ALL"""
-        for m in METRICS
-    ]
-    con.execute(
-        f"""COPY ({" UNION ALL ".join(histogram_queries)})
-            TO '{tmp / "histograms.parquet"}' (FORMAT parquet)"""
-    )
-    sums = ", ".join(f"count({m}) AS {m}_n, sum({m}) AS {m}_sum" for m in METRICS)
-    con.execute(
-        f"""COPY (
-            SELECT layer, head, token_pos, {sums} FROM part
-            GROUP BY layer, head, token_pos ORDER BY layer, head, token_pos
-        ) TO '{tmp / "positions.parquet"}' (FORMAT parquet)"""
-    )
-    con.close()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        con = connect()
+        try:
+            # Decompress the part once: the three queries below would each scan the file again.
+            con.execute(f"CREATE TABLE part AS {_rows_sql([part])}")
+            rows, heads = con.execute(
+                "SELECT count(*), count(DISTINCT (layer, head)) FROM part"
+            ).fetchone()
+            moments = ", ".join(
+                f"count({m}) AS {m}_n, avg({m}) AS {m}_mean, "
+                f"coalesce(var_pop({m}), 0) * count({m}) AS {m}_m2"
+                for m in METRICS
+            )
+            paired = "query_norm IS NOT NULL AND entropy IS NOT NULL"
+            con.execute(
+                f"""COPY (
+                    SELECT layer, head, count(*) AS rows, {moments},
+                        count(*) FILTER (WHERE {paired}) AS pair_n,
+                        avg(query_norm) FILTER (WHERE {paired}) AS pair_mean_x,
+                        avg(entropy) FILTER (WHERE {paired}) AS pair_mean_y,
+                        coalesce(var_pop(query_norm) FILTER (WHERE {paired}), 0)
+                            * count(*) FILTER (WHERE {paired}) AS pair_m2_x,
+                        coalesce(var_pop(entropy) FILTER (WHERE {paired}), 0)
+                            * count(*) FILTER (WHERE {paired}) AS pair_m2_y,
+                        coalesce(covar_pop(query_norm, entropy) FILTER (WHERE {paired}), 0)
+                            * count(*) FILTER (WHERE {paired}) AS pair_c
+                    FROM part GROUP BY layer, head ORDER BY layer, head
+                ) TO '{tmp / "moments.parquet"}' (FORMAT parquet)"""
+            )
+            histogram_queries = [
+                f"""SELECT layer, head, '{m}' AS metric, bin, count(*) AS count FROM (
+                        SELECT layer, head,
+                            {_bin_expression(m, histogram_edges(m, context_length, bins))} AS bin
+                        FROM part WHERE {m} IS NOT NULL)
+                    WHERE bin IS NOT NULL GROUP BY ALL"""
+                for m in METRICS
+            ]
+            con.execute(
+                f"""COPY (SELECT * FROM ({" UNION ALL ".join(histogram_queries)}) ORDER BY ALL)
+                    TO '{tmp / "histograms.parquet"}' (FORMAT parquet)"""
+            )
+            sums = ", ".join(f"count({m}) AS {m}_n, sum({m}) AS {m}_sum" for m in METRICS)
+            con.execute(
+                f"""COPY (
+                    SELECT layer, head, token_pos, {sums} FROM part
+                    GROUP BY layer, head, token_pos ORDER BY layer, head, token_pos
+                ) TO '{tmp / "positions.parquet"}' (FORMAT parquet)"""
+            )
+        finally:
+            con.close()
+    logger.info("aggregated %d rows of %d heads from %s into %s", rows, heads, part, out_dir)
 
 
 def _merge_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -203,76 +203,102 @@ def histogram_quantiles(
     return result
 
 
+EXPORTS = (
+    "head_summary.parquet",
+    "head_summary.csv",
+    "position_profile.parquet",
+    "position_profile.csv",
+)
+
+
 def reduce_aggregates(
     partial_dirs: list[str],
     parts: list[str],
     database: str | Path,
-    exports_dir: str | Path,
+    exports: dict[str, str | Path] | str | Path,
     context_length: int,
     bins: int = 1000,
 ) -> pd.DataFrame:
     """Reduce step: merge the partials into ``database`` (DuckDB; tables head_summary,
-    position_profile, histograms) and export the summaries as Parquet and CSV. ``parts`` (the
-    capture parts) are read only for Spearman's ρ. Returns head_summary."""
-    database, exports_dir = Path(database), Path(exports_dir)
-    exports_dir.mkdir(parents=True, exist_ok=True)
-    tmp_db = database.parent / f".{database.name}.tmp-{os.getpid()}"
-    tmp_db.unlink(missing_ok=True)
+    position_profile, histogram_counts) and export the summaries as Parquet and CSV: ``exports``
+    maps each name of :data:`EXPORTS` to its path (the rule's outputs), or is a folder that
+    receives them under those names. ``parts`` (the capture parts) are read only for Spearman's
+    ρ. Returns head_summary. On failure, no temporary database is left behind."""
+    if not isinstance(exports, dict):
+        exports = {name: Path(exports) / name for name in EXPORTS}
+    if sorted(exports) != sorted(EXPORTS):
+        raise ValueError(f"exports must name exactly {', '.join(EXPORTS)}; got {sorted(exports)}")
+    database = Path(database)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(database)  # and their .wal files
+    handle, name = tempfile.mkstemp(prefix=f".{database.name}.", suffix=".tmp", dir=database.parent)
+    os.close(handle)
+    tmp_db = Path(name)
+    tmp_db.unlink()  # DuckDB creates the database file itself
     con = connect(str(tmp_db))
-    for name in ("moments", "histograms", "positions"):
-        files = ", ".join(f"'{Path(d) / f'{name}.parquet'}'" for d in partial_dirs)
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
+    try:
+        for name in ("moments", "histograms", "positions"):
+            files = ", ".join(f"'{Path(d) / f'{name}.parquet'}'" for d in partial_dirs)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
 
-    summary = _merge_moments(con)
-    for m in METRICS:
-        summary[f"{m}_std"] = np.sqrt(summary[f"{m}_m2"] / summary[f"{m}_count"])
-    summary["pearson_qn_entropy"] = summary["pair_c"] / np.sqrt(
-        summary["pair_m2_x"] * summary["pair_m2_y"]
-    )
-    summary["sink_share"] = summary["sink_attn_mean"]
-
-    con.execute(
-        """CREATE TABLE histogram_counts AS SELECT metric, layer, head, bin, sum(count) AS count
-           FROM histograms GROUP BY ALL ORDER BY ALL"""
-    )
-    histograms = con.execute("SELECT * FROM histogram_counts").df()
-    row_of = {key: i for i, key in enumerate(zip(summary["layer"], summary["head"], strict=True))}
-    for m in METRICS:
-        edges = histogram_edges(m, context_length, bins)
-        table = histograms[histograms.metric == m]
-        rows = np.fromiter(
-            (row_of[key] for key in zip(table["layer"], table["head"], strict=True)),
-            dtype=np.int64,
-            count=len(table),
+        summary = _merge_moments(con)
+        for m in METRICS:
+            summary[f"{m}_std"] = np.sqrt(summary[f"{m}_m2"] / summary[f"{m}_count"])
+        summary["pearson_qn_entropy"] = summary["pair_c"] / np.sqrt(
+            summary["pair_m2_x"] * summary["pair_m2_y"]
         )
-        counts = np.zeros((len(summary), len(edges) - 1))
-        np.add.at(counts, (rows, table["bin"].to_numpy(np.int64)), table["count"].to_numpy())
-        values = histogram_quantiles(counts, edges, discrete=(m == "k_eff"))
-        for j, q in enumerate(QUANTILES):
-            summary[f"{m}_q{round(q * 100):02d}"] = values[:, j]
+        summary["sink_share"] = summary["sink_attn_mean"]
 
-    summary = summary.merge(spearman(con, parts), on=["layer", "head"], how="left")
-    keep = ["layer", "head", "rows"]
-    for m in METRICS:
-        keep += [f"{m}_count", f"{m}_mean", f"{m}_std"]
-        keep += [f"{m}_q{round(q * 100):02d}" for q in QUANTILES]
-    keep += ["pearson_qn_entropy", "spearman_qn_entropy", "sink_share"]
-    summary = summary[keep]
-    con.register("summary_frame", summary)
-    con.execute("CREATE TABLE head_summary AS SELECT * FROM summary_frame")
-    means = ", ".join(f"sum({m}_sum) / nullif(sum({m}_n), 0) AS {m}" for m in METRICS)
-    con.execute(
-        f"""CREATE TABLE position_profile AS
-            SELECT layer, head, token_pos, {means} FROM positions
-            GROUP BY ALL ORDER BY layer, head, token_pos"""
-    )
-    for name in ("moments", "histograms", "positions"):  # views onto files outside the database
-        con.execute(f"DROP VIEW {name}")
-    con.execute("DROP TABLE merged")
-    for table in ("head_summary", "position_profile"):
-        for extension, options in (("parquet", "FORMAT parquet"), ("csv", "HEADER")):
-            with atomic_path(exports_dir / f"{table}.{extension}") as staging:
+        con.execute(
+            """CREATE TABLE histogram_counts AS SELECT metric, layer, head, bin, sum(count) AS count
+               FROM histograms GROUP BY ALL ORDER BY ALL"""
+        )
+        histograms = con.execute("SELECT * FROM histogram_counts").df()
+        row_of = {
+            key: i for i, key in enumerate(zip(summary["layer"], summary["head"], strict=True))
+        }
+        for m in METRICS:
+            edges = histogram_edges(m, context_length, bins)
+            table = histograms[histograms.metric == m]
+            rows = np.fromiter(
+                (row_of[key] for key in zip(table["layer"], table["head"], strict=True)),
+                dtype=np.int64,
+                count=len(table),
+            )
+            counts = np.zeros((len(summary), len(edges) - 1))
+            np.add.at(counts, (rows, table["bin"].to_numpy(np.int64)), table["count"].to_numpy())
+            values = histogram_quantiles(counts, edges, discrete=(m == "k_eff"))
+            for j, q in enumerate(QUANTILES):
+                summary[f"{m}_q{round(q * 100):02d}"] = values[:, j]
+
+        summary = summary.merge(spearman(con, parts), on=["layer", "head"], how="left")
+        keep = ["layer", "head", "rows"]
+        for m in METRICS:
+            keep += [f"{m}_count", f"{m}_mean", f"{m}_std"]
+            keep += [f"{m}_q{round(q * 100):02d}" for q in QUANTILES]
+        keep += ["pearson_qn_entropy", "spearman_qn_entropy", "sink_share"]
+        summary = summary[keep]
+        con.register("summary_frame", summary)
+        con.execute("CREATE TABLE head_summary AS SELECT * FROM summary_frame")
+        means = ", ".join(f"sum({m}_sum) / nullif(sum({m}_n), 0) AS {m}" for m in METRICS)
+        con.execute(
+            f"""CREATE TABLE position_profile AS
+                SELECT layer, head, token_pos, {means} FROM positions
+                GROUP BY ALL ORDER BY layer, head, token_pos"""
+        )
+        for name in ("moments", "histograms", "positions"):  # views onto files outside the database
+            con.execute(f"DROP VIEW {name}")
+        con.execute("DROP TABLE merged")
+        for name, path in exports.items():
+            table, extension = name.split(".")
+            options = "FORMAT parquet" if extension == "parquet" else "HEADER"
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as staging:
                 con.execute(f"COPY {table} TO '{staging}' ({options})")
+    except BaseException:
+        con.close()
+        tmp_db.unlink(missing_ok=True)
+        raise
     con.close()
     os.replace(tmp_db, database)
     logger.info("aggregated %d heads from %d partials", len(summary), len(partial_dirs))

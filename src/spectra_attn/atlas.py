@@ -16,8 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, head_metrics
-from spectra_attn.gain import GAIN_METRICS
+from spectra_attn.capture import (
+    AttentionRecorder,
+    CaptureSettings,
+    ModelSpec,
+    head_metrics,
+    token_mean,
+)
+from spectra_attn.columns import GAIN_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +36,12 @@ class TemperatureRecorder(AttentionRecorder):
         self.scales = scales
 
     def record(self, layer, query, key, scaling, sliding_window) -> None:
-        valid = slice(self.settings.entropy_skip_tokens, None)
         per_scale = [
             head_metrics(query, key, scaling * scale, self.settings, sliding_window)
             for scale in self.scales
         ]
         self.layers[layer] = {
-            metric: torch.stack([m[metric][..., valid].float().mean(-1) for m in per_scale], -1)
+            metric: torch.stack([token_mean(m[metric], self.settings) for m in per_scale], -1)
             for metric in GAIN_METRICS
         }  # each [B, heads, scales]
 

@@ -25,11 +25,13 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from spectra_attn.columns import SEED_CSV_COLUMNS, SUPPORTED_MODEL_TYPES
 from spectra_attn.metrics import METRIC_NAMES, blocked_metrics, causal_logits
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,6 @@ logger = logging.getLogger(__name__)
 ATTN_IMPLEMENTATION = "spectra_capture"
 # Model types whose attention module follows the Llama layout (q_proj/k_proj, optional q_norm/k_norm
 # on the projections, layer_idx, scaling) and is tested against the model's eager attention.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # capture_batch on a GPU queues each layer's copies of its metrics to the host without waiting for
@@ -51,6 +52,10 @@ _ACTIVE_RECORDER: contextvars.ContextVar[AttentionRecorder | None] = contextvars
 
 class UnsupportedModelError(ValueError):
     """The model's architecture is not one whose attention Spectra knows how to read."""
+
+
+class UnsafeWeightsError(OSError):
+    """The model has no safetensors weights: Spectra never unpickles a checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def check_model_type(model_config: Any) -> None:
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when present, else the CPU with a warning in the log."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but CUDA is not available on this machine")
+        raise ValueError("device: cuda was requested but CUDA is not available on this machine")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -114,6 +119,21 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return sorted(modules, key=lambda m: m.layer_idx)
 
 
+def token_mean(values: torch.Tensor, settings: CaptureSettings) -> torch.Tensor:
+    """Mean over the last (token) axis of the positions with a defined entropy (from
+    ``settings.entropy_skip_tokens`` on), in float32: the per-sample value of the sweep and the
+    atlas tables, which the atlas-vs-sweep check compares."""
+    return values[..., settings.entropy_skip_tokens :].float().mean(-1)
+
+
+def attention_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """The self-attention module of decoder layer ``layer``."""
+    for module in attention_modules(model):
+        if module.layer_idx == layer:
+            return module
+    raise ValueError(f"{type(model).__name__} has no decoder layer {layer}")
+
+
 def pre_rope_source(attention: torch.nn.Module, kind: str) -> torch.nn.Module:
     """The module whose output is an attention module's pre-RoPE query (``kind="q"``) or key
     (``"k"``): ``q_norm``/``k_norm`` where the model has them (Qwen3, OLMo-2), else the
@@ -141,6 +161,12 @@ class ModelSpec:
     def config(self):
         from transformers import AutoConfig
 
+        from spectra_attn.corpus import HUB_ID_PATTERN
+
+        if not Path(self.name_or_path).exists() and not HUB_ID_PATTERN.match(self.name_or_path):
+            raise FileNotFoundError(
+                f"model {self.name_or_path!r}: no such folder, and not a hub id (org/name)"
+            )
         return AutoConfig.from_pretrained(
             self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
         )
@@ -154,13 +180,24 @@ def load_model(spec: ModelSpec, model_config=None) -> torch.nn.Module:
     check_model_type(model_config if model_config is not None else spec.config())
     _register_attention()
     target = resolve_device(spec.device)
-    model = AutoModelForCausalLM.from_pretrained(
-        spec.name_or_path,
-        revision=spec.revision,
-        trust_remote_code=spec.trust_remote_code,
-        dtype=DTYPES[spec.dtype],
-        attn_implementation=ATTN_IMPLEMENTATION,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.name_or_path,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            dtype=DTYPES[spec.dtype],
+            attn_implementation=ATTN_IMPLEMENTATION,
+            use_safetensors=True,  # never a pickled pytorch_model.bin
+        )
+    except OSError as error:
+        if "safetensors" not in str(error):
+            raise
+        raise UnsafeWeightsError(
+            f"{spec.name_or_path}: no safetensors weights (model.safetensors or its index). "
+            "Spectra does not load pickled checkpoints (pytorch_model.bin); convert it once, "
+            "in an environment you trust, with AutoModelForCausalLM.from_pretrained(...)"
+            ".save_pretrained(new_dir, safe_serialization=True)"
+        ) from error
     return model.to(target).eval()
 
 
@@ -324,14 +361,7 @@ def head_metrics(
 
 
 COLUMNS = (
-    "sample_id",
-    "layer",
-    "head",
-    "token_pos",
-    "query_norm",
-    "entropy",
-    "max_attn",
-    "k_eff",
+    *SEED_CSV_COLUMNS,
     "sink_attn",
     "gain_max_attn",
     "gain_entropy",
@@ -466,7 +496,8 @@ def check_model_fits(model_config: Any, context_length: int, max_token_id: int) 
     if max_token_id >= model_config.vocab_size:
         raise ValueError(
             f"token id {max_token_id} is outside the model's vocabulary of "
-            f"{model_config.vocab_size}: were the shards made with another tokenizer?"
+            f"{model_config.vocab_size}: the shards were made with another tokenizer, or the "
+            "model's config.json gives a vocab_size smaller than its own tokenizer's"
         )
 
 
@@ -602,25 +633,3 @@ def run_capture(
     )
     logger.info("wrote %d rows to %s", rows, out_path)
     return rows
-
-
-SEED_CSV_COLUMNS = COLUMNS[:8]  # the seed's columns, in its order
-
-
-def export_seed_csv(parts: list[str], out_path: str) -> None:
-    """Concatenate capture parts into the seed's CSV format, atomically, part by part."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from spectra_attn.io import atomic_path
-
-    with atomic_path(out_path) as tmp:
-        writer = None
-        for part in parts:
-            table = pq.read_table(part, columns=list(SEED_CSV_COLUMNS))
-            if writer is None:
-                writer = pacsv.CSVWriter(tmp, table.schema)
-            writer.write_table(table)
-        if writer is not None:
-            writer.close()
-    logger.info("wrote %s from %d parts", out_path, len(parts))

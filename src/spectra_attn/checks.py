@@ -20,7 +20,7 @@ from spectra_attn.capture import (
     AttentionRecorder,
     CaptureSettings,
     ModelSpec,
-    attention_modules,
+    attention_module,
     head_dim,
     pre_rope_source,
 )
@@ -99,7 +99,7 @@ def isolation(
     """Queries (pre-RoPE), keys and values of the target layer with and without the
     intervention at ``scale``."""
     input_ids = input_ids.to(model.device)
-    attention = next(m for m in attention_modules(model) if m.layer_idx == spec.layer)
+    attention = attention_module(model, spec.layer)
     sources = {
         "query": query_source(model, spec.layer),
         "key": pre_rope_source(attention, "k"),

@@ -18,6 +18,54 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema_key(*keys: str) -> dict:
+    """The schema's entry of a configuration key, so that the commands' defaults and choices are
+    the workflow's (``config.yaml``'s keys and these options cannot drift apart)."""
+    entry = spectra_config.load_schema()
+    for key in keys:
+        entry = entry["properties"][key]
+    return entry
+
+
+def _checked(entry: dict, name: str):
+    """An argparse ``type=`` that converts a value and holds it to the schema entry's bounds."""
+    convert = int if entry["type"] == "integer" else float
+
+    def check(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        bounds = [
+            ("minimum", lambda bound: value >= bound, "at least"),
+            ("exclusiveMinimum", lambda bound: value > bound, "above"),
+            ("maximum", lambda bound: value <= bound, "at most"),
+        ]
+        for key, holds, words in bounds:
+            if key in entry and not holds(entry[key]):
+                raise argparse.ArgumentTypeError(f"{name} must be {words} {entry[key]}, not {text}")
+        return value
+
+    return check
+
+
+LAYER_OR_HEAD = {"type": "integer", "minimum": 0}
+
+
+def _option(*keys: str) -> dict:
+    """``default=``, and ``choices=`` for an enumeration or a ``type=`` holding numbers to the
+    schema's bounds (for a list, each item's), of an option named after a configuration key."""
+    entry = _schema_key(*keys)
+    option: dict = {"default": entry["default"]}
+    if "enum" in entry:
+        option["choices"] = entry["enum"]
+    number = entry.get("items", entry)
+    if number.get("type") in ("integer", "number"):
+        option["type"] = _checked(number, ".".join(keys))
+    return option
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from spectra_attn.shard_report import inspect_shards
 
@@ -45,7 +93,8 @@ def _capture(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from spectra_attn.capture import CaptureSettings, export_seed_csv, run_capture
+    from spectra_attn.capture import CaptureSettings, run_capture
+    from spectra_attn.capture_csv import export_seed_csv
     from spectra_attn.io import write_parquet
     from spectra_attn.samples import sample_table
 
@@ -81,9 +130,14 @@ def _intervene(args: argparse.Namespace) -> int:
 
     from spectra_attn.capture import CaptureSettings
     from spectra_attn.checks import run_check
+    from spectra_attn.gates import CHECKS
     from spectra_attn.intervention import HeadSpec, run_head_sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if len(args.scales) < 2:
+        raise ValueError(
+            f"--scales needs at least two values (a gain is a slope), got {args.scales}"
+        )
     manifest = str(_find_manifest(Path(args.shards)))
     spec = HeadSpec(args.layer, args.head, args.role)
     settings = CaptureSettings(rope=args.rope)
@@ -107,9 +161,18 @@ def _intervene(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     if args.checks:
-        for check in ("baseline_sanity", "isolation", "temperature_identity"):
+        for check in CHECKS:
             report_path = out / "checks" / f"{check}_{spec.name}.json"
-            run_check(check, model, manifest, spec, args.scales, 2, settings, str(report_path))
+            run_check(
+                check,
+                model,
+                manifest,
+                spec,
+                args.scales,
+                args.check_samples,
+                settings,
+                str(report_path),
+            )
     return 0
 
 
@@ -201,15 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument(
         "--shards", required=True, help="shards directory (manifest.json beside it) or manifest"
     )
-    capture.add_argument("--n-samples", type=int, required=True)
+    capture.add_argument(
+        "--n-samples",
+        required=True,
+        type=_checked(_schema_key("capture", "n_samples"), "n_samples"),
+    )
     capture.add_argument("--out", required=True, help="output folder")
-    capture.add_argument("--rope", choices=["pre", "post"], default="pre")
-    capture.add_argument("--batch-size", type=int, default=8)
-    capture.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    capture.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    capture.add_argument("--k-eff-threshold", type=float, default=0.9)
-    capture.add_argument("--entropy-skip-tokens", type=int, default=2)
-    capture.add_argument("--query-block-size", type=int, default=128)
+    capture.add_argument("--rope", **_option("capture", "rope"))
+    capture.add_argument("--batch-size", **_option("capture", "batch_size"))
+    capture.add_argument("--device", **_option("device"))
+    capture.add_argument("--dtype", **_option("model", "dtype"))
+    capture.add_argument("--k-eff-threshold", **_option("capture", "k_eff_threshold"))
+    capture.add_argument("--entropy-skip-tokens", **_option("capture", "entropy_skip_tokens"))
+    capture.add_argument("--query-block-size", **_option("capture", "query_block_size"))
     capture.add_argument("--trust-remote-code", action="store_true")
     capture.add_argument(
         "--csv", action="store_true", help="also write the seed's attention_metrics_<time>.csv"
@@ -223,20 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
     intervene.add_argument(
         "--shards", required=True, help="shards directory (manifest.json beside it) or manifest"
     )
-    intervene.add_argument("--layer", type=int, required=True)
-    intervene.add_argument("--head", type=int, required=True)
+    intervene.add_argument("--layer", required=True, type=_checked(LAYER_OR_HEAD, "--layer"))
+    intervene.add_argument("--head", required=True, type=_checked(LAYER_OR_HEAD, "--head"))
     intervene.add_argument("--role", choices=["target", "control"], default="target")
-    intervene.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
-    intervene.add_argument("--n-samples", type=int, default=64)
+    intervene.add_argument("--scales", nargs="+", **_option("intervention", "scales"))
+    intervene.add_argument("--n-samples", **_option("intervention", "n_samples"))
     intervene.add_argument("--out", required=True, help="output folder")
-    intervene.add_argument("--rope", choices=["pre", "post"], default="pre")
-    intervene.add_argument("--batch-size", type=int, default=1, help="samples per sweep pass")
-    intervene.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    intervene.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    intervene.add_argument("--rope", **_option("capture", "rope"))
+    intervene.add_argument(
+        "--batch-size",
+        help="samples per sweep pass",
+        **_option("intervention", "batch_size"),
+    )
+    intervene.add_argument("--device", **_option("device"))
+    intervene.add_argument("--dtype", **_option("model", "dtype"))
     intervene.add_argument("--trust-remote-code", action="store_true")
     intervene.add_argument(
-        "--checks", action="store_true", help="also run the three gate checks (on 2 samples)"
+        "--checks", action="store_true", help="also run the gate checks (on --check-samples)"
     )
+    intervene.add_argument("--check-samples", **_option("intervention", "check_samples"))
     intervene.set_defaults(handler=_intervene)
 
     sagemaker_parser = groups.add_parser(
@@ -297,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (spectra_config.ConfigError, ValueError, FileNotFoundError) as error:
+    except (spectra_config.ConfigError, ValueError, OSError) as error:
         print(f"spectra: error: {error}", file=sys.stderr)
         return 2
 

@@ -73,6 +73,41 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
+def _head_problems(config: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about intervention.heads (explicit selection only): the gain
+    analysis compares exactly one target with one control, two different heads, and the atlas is
+    checked against each head's sweep on the scales they share."""
+    intervention = config["intervention"]
+    if intervention["select"] != "explicit":
+        return []
+    heads = intervention["heads"]
+    problems = []
+    for role in ("target", "control"):
+        count = sum(entry["role"] == role for entry in heads)
+        if count != 1:
+            problems.append(
+                f"config key 'intervention.heads': needs exactly one head with role {role!r}, "
+                f"found {count} (the gain analysis compares one target with one control)"
+            )
+    seen = set()
+    for index, entry in enumerate(heads):
+        key = (entry["layer"], entry["head"])
+        if key in seen:
+            problems.append(
+                f"config key 'intervention.heads[{index}]': L{key[0]}_H{key[1]} is listed twice"
+            )
+        seen.add(key)
+        atlas = config["atlas"]["scales"] or intervention["scales"]
+        scales = entry.get("scales", intervention["scales"])
+        if not {round(s, 6) for s in scales} & {round(s, 6) for s in atlas}:
+            problems.append(
+                f"config key 'intervention.heads[{index}]': L{key[0]}_H{key[1]}'s scales "
+                f"{scales} share none with the atlas' {atlas}, so the atlas could not be checked "
+                "against its sweep (set atlas.scales)"
+            )
+    return problems
+
+
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     """Return a validated copy of ``config`` with every missing key set to its default.
 
@@ -83,10 +118,9 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     _fill_defaults(instance, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    if errors:
-        raise ConfigError(
-            "invalid configuration:\n" + "\n".join(f"  - {_describe(e)}" for e in errors)
-        )
+    problems = [_describe(e) for e in errors] or _head_problems(instance)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return instance
 
 
@@ -95,7 +129,10 @@ def load(configfiles: Iterable[str | Path] = ()) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in configfiles:
         text = Path(path).read_text()
-        content = yaml.safe_load(text) or {}
+        try:
+            content = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(content, Mapping):
             raise ConfigError(f"{path}: a config file must hold a mapping of keys, not {content!r}")
         merged = deep_merge(merged, content)
@@ -121,10 +158,13 @@ def describe(config: Mapping[str, Any]) -> str:
     )
     text_tokens = data["context_length"] - (1 if data["prepend_bos"] else 0)
     rope = capture["rope"]
-    heads = (
-        ", ".join(f"L{h['layer']}H{h['head']} ({h['role']})" for h in intervention["heads"])
-        or "none"
-    )
+    if intervention["select"] == "auto":
+        heads = (
+            "chosen after the capture: the strongest |Spearman(query_norm, entropy)| as target, "
+            "the weakest of its layer as control"
+        )
+    else:
+        heads = ", ".join(f"L{h['layer']}H{h['head']} ({h['role']})" for h in intervention["heads"])
     demo_note = (
         " (the offline demo Llama, built by the workflow)" if uses_demo_model(config) else ""
     )
@@ -186,3 +226,17 @@ def describe(config: Mapping[str, Any]) -> str:
         "  gain                  Gain = d mean(max_attn) / d ln(s), by OLS",
     ]
     return "\n".join(lines)
+
+
+def write_description(config: Mapping[str, Any], path: str | Path) -> None:
+    """:func:`describe`'s text followed by every value of the (validated) configuration as YAML,
+    written atomically to ``path``: the run's configuration, as the report shows it."""
+    from spectra_attn.io import atomic_path
+
+    text = (
+        describe(config)
+        + "\n\nEvery value (validated, defaults filled in)\n\n"
+        + yaml.safe_dump(dict(config), sort_keys=True, allow_unicode=True)
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
+
+logger = logging.getLogger(__name__)
 
 SOURCE_NAMES = (
     "RedPajamaCommonCrawl",
@@ -28,7 +31,6 @@ SOURCE_NAMES = (
 )
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-PARQUET_MAGIC = b"PAR1"
 # How many bad-record locations the manifest lists (the count is always complete).
 MAX_LISTED_BAD_RECORDS = 20
 
@@ -231,5 +233,13 @@ def download_hub_dataset(dataset_id: str, split: str, cache_dir: str | Path) -> 
             f"data.source {dataset_id!r} is not a local directory, so it was taken as a Hugging "
             f"Face dataset id, and downloading it failed: {exc.__class__.__name__}: {exc}"
         ) from exc
-    find_split_files(cache_dir, split)  # fail here, naming the split, if nothing matched
+    files = find_split_files(cache_dir, split)  # fail here, naming the split, if nothing matched
+    logger.info(
+        "%s, split %s: %d files, %.1f MiB in %s",
+        dataset_id,
+        split,
+        len(files),
+        sum(f.stat().st_size for f in files) / 2**20,
+        cache_dir,
+    )
     return cache_dir

@@ -50,7 +50,7 @@ from pathlib import Path
 import zstandard
 
 from spectra_attn.corpus import SOURCE_NAMES
-from spectra_attn.io import atomic_path, write_json
+from spectra_attn.io import atomic_dir, atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -528,41 +528,42 @@ def write_demo_corpus(out_dir: str | Path, seed: int = 0) -> dict:
         "layout": "SlimPajama-627B: <split>/chunk1/example_<split>_<i>.jsonl.zst",
         "splits": {},
     }
-    for split in SPLITS:
-        docs = sorted(splits[split], key=lambda d: (_hash(seed, "order", d[0]), d[0]))
-        missing = [s for s in SOURCE_NAMES if not any(d[1] == s for d in docs)]
-        if missing:
-            raise RuntimeError(f"demo corpus split {split!r} got no documents of {missing}")
-        n_files = FILES_PER_SPLIT[split]
-        per_file = -(-len(docs) // n_files)
-        files, compressed = [], 0
-        for i in range(n_files):
-            block = docs[i * per_file : (i + 1) * per_file]
-            records = [{"text": t, "meta": {"redpajama_set_name": s}} for _, s, t in block]
-            path = out_dir / split / "chunk1" / f"example_{split}_{i}.jsonl.zst"
-            compressed += _write_jsonl_zst(path, records)
-            files.append(path.relative_to(out_dir).as_posix())
-        sources = {
-            name: {
-                "docs": sum(1 for d in docs if d[1] == name),
-                "bytes": sum(len(d[2].encode("utf-8")) for d in docs if d[1] == name),
+    with atomic_dir(out_dir) as tmp:  # a killed build leaves no partial corpus
+        for split in SPLITS:
+            docs = sorted(splits[split], key=lambda d: (_hash(seed, "order", d[0]), d[0]))
+            missing = [s for s in SOURCE_NAMES if not any(d[1] == s for d in docs)]
+            if missing:
+                raise RuntimeError(f"demo corpus split {split!r} got no documents of {missing}")
+            n_files = FILES_PER_SPLIT[split]
+            per_file = -(-len(docs) // n_files)
+            files, compressed = [], 0
+            for i in range(n_files):
+                block = docs[i * per_file : (i + 1) * per_file]
+                records = [{"text": t, "meta": {"redpajama_set_name": s}} for _, s, t in block]
+                path = tmp / split / "chunk1" / f"example_{split}_{i}.jsonl.zst"
+                compressed += _write_jsonl_zst(path, records)
+                files.append(path.relative_to(tmp).as_posix())
+            sources = {
+                name: {
+                    "docs": sum(1 for d in docs if d[1] == name),
+                    "bytes": sum(len(d[2].encode("utf-8")) for d in docs if d[1] == name),
+                }
+                for name in SOURCE_NAMES
             }
-            for name in SOURCE_NAMES
-        }
-        summary["splits"][split] = {
-            "docs": len(docs),
-            "bytes": sum(v["bytes"] for v in sources.values()),
-            "compressed_bytes": compressed,
-            "files": files,
-            "sources": sources,
-        }
-        logger.info(
-            "%s: %d documents, %.1f MB of text in %d files",
-            split,
-            len(docs),
-            summary["splits"][split]["bytes"] / 1e6,
-            n_files,
-        )
-    write_json(out_dir / "corpus_summary.json", summary)
+            summary["splits"][split] = {
+                "docs": len(docs),
+                "bytes": sum(v["bytes"] for v in sources.values()),
+                "compressed_bytes": compressed,
+                "files": files,
+                "sources": sources,
+            }
+            logger.info(
+                "%s: %d documents, %.1f MB of text in %d files",
+                split,
+                len(docs),
+                summary["splits"][split]["bytes"] / 1e6,
+                n_files,
+            )
+        write_json(tmp / "corpus_summary.json", summary)
     logger.info("wrote the demo corpus to %s in %.1f s", out_dir, time.perf_counter() - started)
     return summary

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from spectra_attn.corpus import ReadStats, find_split_files, iter_documents
-from spectra_attn.io import write_json
+from spectra_attn.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -358,16 +355,7 @@ def _version(package: str) -> str:
 
 def _save(model, tokenizer, log: dict, out_dir: Path) -> None:
     """Write everything into a sibling temporary folder, then rename it to ``out_dir``."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "train_log.json", log)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

@@ -10,13 +10,16 @@ and its failure criterion is stated plainly when it applies.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-GAIN_METRICS = ("max_attn", "entropy", "k_eff")
+from spectra_attn.columns import GAIN_METRICS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,12 @@ def verdict(
     gains: pd.DataFrame,
     n_boot: int = 2000,
     seed: int = 0,
+    atlas: pd.DataFrame | None = None,
 ) -> dict:
     """The seed's verdict for the target and control heads of a sweep.
+
+    ``atlas`` (:func:`atlas_gains` of every head), if given, adds where the target's max_attn
+    gain ranks among all heads (``target_percentile``, ``heads_in_atlas``).
 
     ``trends``: trend analyses of both heads (columns layer, head, role, metric, monotonic, …).
     Failure criterion: the target is not monotonic (max_attn or entropy) while the control stays
@@ -150,7 +157,7 @@ def verdict(
             "epiphenomenal. " + statement
         )
     head = lambda frame: {"layer": int(frame.layer.iloc[0]), "head": int(frame["head"].iloc[0])}  # noqa: E731
-    return {
+    result = {
         "target": head(target),
         "control": head(control),
         "gain_target": float(gain.loc["target", "slope"]),
@@ -165,6 +172,14 @@ def verdict(
         "failure_criterion_met": failure,
         "verdict": statement,
     }
+    if atlas is not None:
+        by_head = atlas.set_index(["layer", "head"])
+        key = (result["target"]["layer"], result["target"]["head"])
+        if key not in by_head.index:
+            raise ValueError(f"the atlas has no gain for the target head L{key[0]}_H{key[1]}")
+        result["target_percentile"] = float(by_head.loc[key, "percentile_max_attn"])
+        result["heads_in_atlas"] = len(by_head)
+    return result
 
 
 # -- the gain atlas (spectra_attn.atlas writes its parts) ----------------------------------------
@@ -187,6 +202,13 @@ def atlas_gains(parts: list[str]) -> pd.DataFrame:
     # Percentile: share of heads whose gain is at most this head's.
     values = gains["gain_max_attn"].to_numpy()
     gains["percentile_max_attn"] = (values[None, :] <= values[:, None]).mean(axis=1) * 100
+    logger.info(
+        "gains of %d heads over %d scales, from %d rows in %d atlas parts",
+        len(gains),
+        rows["scale"].nunique(),
+        len(rows),
+        len(parts),
+    )
     return gains
 
 
@@ -205,12 +227,23 @@ def compare_with_sweep(atlas_parts: list[str], sweep: pd.DataFrame, tolerance: f
         a, b = joined[f"{metric}_atlas"], joined[f"{metric}_sweep"]
         deviations[metric] = float(((a - b).abs() / b.abs().clip(lower=1e-6)).max())
     worst = max(deviations.values()) if len(joined) else float("inf")
-    return {
+
+    def names(frame: pd.DataFrame) -> set[str]:
+        return {f"L{r.layer}_H{r.head}" for r in frame[["layer", "head"]].itertuples()}
+
+    unchecked = sorted(names(sweep) - names(joined))
+    report = {
         "check": "atlas_vs_sweep",
-        "passed": bool(len(joined) > 0 and worst <= tolerance),
+        "passed": bool(len(joined) > 0 and not unchecked and worst <= tolerance),
         "tolerance": tolerance,
         "max_deviation": worst,
         "deviations": deviations,
         "compared_rows": int(len(joined)),
-        "heads": sorted({f"L{r.layer}_H{r.head}" for r in joined[["layer", "head"]].itertuples()}),
+        "heads": sorted(names(joined)),
     }
+    if unchecked:
+        report["reason"] = (
+            f"the atlas shares no (scale, sample) with the sweep of {', '.join(unchecked)}: "
+            "give atlas.scales at least one of each head's scales"
+        )
+    return report

@@ -24,9 +24,10 @@ from spectra_attn.capture import (
     AttentionRecorder,
     CaptureSettings,
     ModelSpec,
-    attention_modules,
+    attention_module,
     head_dim,
     pre_rope_source,
+    token_mean,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ def check_heads(heads: list[HeadSpec], model_config: Any) -> None:
 def query_source(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     """The module whose output is the layer's pre-RoPE query: ``q_norm`` if present, else
     ``q_proj``."""
-    attention = next(m for m in attention_modules(model) if m.layer_idx == layer)
-    return pre_rope_source(attention, "q")
+    return pre_rope_source(attention_module(model, layer), "q")
 
 
 class QueryScaler:
@@ -106,7 +106,7 @@ class QueryScaler:
 
 def decoder_layer(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     """The decoder layer whose self-attention module has ``layer_idx == layer``."""
-    attention = next(m for m in attention_modules(model) if m.layer_idx == layer)
+    attention = attention_module(model, layer)
     return next(m for m in model.modules() if any(c is attention for c in m.children()))
 
 
@@ -238,10 +238,8 @@ def run_sweep(
                 }
             )
         )
-        valid = slice(settings.entropy_skip_tokens, None)
         per_sample = {
-            name: result[name][..., valid].float().mean(-1).numpy().ravel()
-            for name in TOKEN_METRICS
+            name: token_mean(result[name], settings).numpy().ravel() for name in TOKEN_METRICS
         }
         sample_frames.append(
             pd.DataFrame(

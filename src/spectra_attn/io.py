@@ -3,9 +3,11 @@ same content always gives the same bytes (so checksums and between-workflow cach
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -19,11 +21,24 @@ import numpy as np
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove what an earlier writer of ``path`` killed with SIGKILL left beside it (the names
+    :func:`atomic_path` and :func:`atomic_dir` give their temporaries). One job writes one
+    output, so nothing else is writing them."""
+    # tempfile's names: the prefix, 8 random characters, the suffix (and DuckDB's .wal beside).
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -36,6 +51,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; on success it replaces ``path`` (a folder, file
+    or link there is removed first), on failure it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        umask = os.umask(0)  # mkdtemp makes the folder private; give it what mkdir would
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        yield tmp
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, content: Any) -> None:

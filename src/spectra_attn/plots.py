@@ -21,6 +21,7 @@ fixed list; several heads of one role differ by line style and marker.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import textwrap
@@ -44,6 +45,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
+from spectra_attn.columns import GAIN_METRICS  # noqa: E402
 from spectra_attn.io import atomic_path  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,6 @@ ROLE_ORDER = {"target": 0, "control": 1}
 INTERVENTION_METRICS = ("entropy", "max_attn", "k_eff")
 DOWNSTREAM_METRICS = ("loss", "kl")
 POSITION_METRICS = ("entropy", "max_attn", "k_eff", "sink_attn")
-GAIN_METRICS = ("max_attn", "entropy", "k_eff")
 
 METRIC_TITLES = {
     "query_norm": "Query norm",
@@ -658,3 +659,93 @@ def plot_position_profiles(positions: pd.DataFrame, stem: str | Path) -> None:
             mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
             fig.colorbar(mappable, ax=axes, label="layer (mean over heads)")
         fig.suptitle("Attention by token position (mean over samples and heads)")
+
+
+# The per-(layer, head) summary columns drawn as heatmaps, and their titles.
+METRIC_HEATMAPS = {
+    "entropy_mean": "Mean attention entropy (nats)",
+    "max_attn_mean": "Mean max attention",
+    "k_eff_mean": "Mean k_eff (keys)",
+    "query_norm_mean": "Mean query norm",
+    "sink_share": "Attention on position 0 (sink share)",
+}
+# What report_figures writes: one figure's stem (its .png and .svg), a folder of figures, a page.
+REPORT_FIGURES = ("panels", "downstream", "comparison", "atlas", "correlation", "positions")
+REPORT_FOLDERS = ("heatmaps", "gain_fits")
+
+
+def verdict_html(verdict: dict[str, Any]) -> str:
+    """The verdict as a small HTML page: the statement as its heading, every field in a table,
+    every value escaped."""
+    rows = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        for key, value in verdict.items()
+    )
+    return (
+        f"<html><body><h2>{html.escape(str(verdict['verdict']))}</h2>"
+        f"<table>{rows}</table></body></html>\n"
+    )
+
+
+def _stem(path: str | Path) -> Path:
+    return Path(path).with_suffix("")
+
+
+def report_figures(
+    sweep: pd.DataFrame,
+    gain: pd.DataFrame,
+    verdict: dict[str, Any],
+    summary: pd.DataFrame,
+    atlas: pd.DataFrame,
+    positions: pd.DataFrame,
+    out: dict[str, str | Path],
+) -> None:
+    """Every figure of the report. ``out`` maps each name of :data:`REPORT_FIGURES` to its PNG
+    (the SVG is written beside it), each of :data:`REPORT_FOLDERS` to a folder, and ``verdict`` to
+    the verdict page. The intervened heads (from ``sweep``) are outlined in the heatmaps."""
+    missing = sorted({*REPORT_FIGURES, *REPORT_FOLDERS, "verdict"} - set(out))
+    if missing:
+        raise ValueError(f"report_figures needs paths for {', '.join(missing)}")
+    highlight = [
+        (int(layer), int(head), role)
+        for layer, head, role in sweep[["layer", "head", "role"]].drop_duplicates().to_numpy()
+    ]
+    plot_intervention_panels(sweep, _stem(out["panels"]))
+    plot_downstream(sweep, _stem(out["downstream"]))
+    plot_gain_comparison(gain, _stem(out["comparison"]), verdict=verdict)
+    plot_heatmap(
+        atlas,
+        "gain_max_attn",
+        _stem(out["atlas"]),
+        "Gain atlas: d max_attn / d ln s",
+        highlight=highlight,
+    )
+    plot_heatmap(
+        summary,
+        "spearman_qn_entropy",
+        _stem(out["correlation"]),
+        "Phase-0 correlation: Spearman ρ(query_norm, entropy)",
+        center=0.0,
+        vmin=-1.0,  # a correlation's whole range, so that colours compare between runs
+        vmax=1.0,
+        highlight=highlight,
+    )
+    heatmaps = Path(out["heatmaps"])
+    heatmaps.mkdir(parents=True, exist_ok=True)
+    for value, title in METRIC_HEATMAPS.items():
+        plot_heatmap(summary, value, heatmaps / value, title, highlight=highlight)
+    plot_position_profiles(positions, _stem(out["positions"]))
+    gain_fits = Path(out["gain_fits"])
+    gain_fits.mkdir(parents=True, exist_ok=True)
+    heads = sweep[["layer", "head"]].drop_duplicates().to_numpy()
+    for layer, head in heads:
+        plot_gain_fit(sweep, gain, int(layer), int(head), gain_fits / f"gain_fit_L{layer}_H{head}")
+    with atomic_path(out["verdict"]) as tmp:
+        tmp.write_text(verdict_html(verdict))
+    logger.info(
+        "wrote %d figures (PNG and SVG), %d metric heatmaps, %d gain fits and %s",
+        len(REPORT_FIGURES),
+        len(METRIC_HEATMAPS),
+        len(heads),
+        out["verdict"],
+    )

@@ -4,12 +4,15 @@ shards independently."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from spectra_attn.shards import SHARD_DTYPE, ShardError, iter_validated_shards, read_manifest
+
+logger = logging.getLogger(__name__)
 
 
 def sample_table(manifest_path: str | Path, n_samples: int) -> pd.DataFrame:
@@ -18,8 +21,9 @@ def sample_table(manifest_path: str | Path, n_samples: int) -> pd.DataFrame:
     available = manifest["sequences"]
     if n_samples > available:
         raise ShardError(
-            f"{n_samples} samples requested but the shards of {manifest_path} hold only "
-            f"{available} sequences (lower the n_samples key or make more shards)"
+            f"samples 0-{n_samples - 1} requested but the shards of {manifest_path} hold only "
+            f"{available} sequences: lower capture.n_samples or intervention.n_samples (or a "
+            "head's n_samples) to at most that, or give data.source more text"
         )
     shard_files, rows = [], []
     for entry in manifest["shards"]:
@@ -28,6 +32,13 @@ def sample_table(manifest_path: str | Path, n_samples: int) -> pd.DataFrame:
         rows += range(take)
         if len(rows) == n_samples:
             break
+    logger.info(
+        "samples 0 to %d: the first rows of %d of the %d shards of %s",
+        n_samples - 1,
+        len(set(shard_files)),
+        len(manifest["shards"]),
+        manifest_path,
+    )
     return pd.DataFrame(
         {
             "sample_id": np.arange(n_samples, dtype=np.int32),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import zipfile
 from collections import Counter
@@ -31,7 +30,7 @@ from spectra_attn.corpus import (
     find_split_files,
     iter_documents,
 )
-from spectra_attn.io import sha256_file, write_json, write_npz
+from spectra_attn.io import atomic_dir, sha256_file, write_json, write_npz
 
 logger = logging.getLogger(__name__)
 
@@ -239,11 +238,6 @@ def make_shards(
     chunker = Chunker(context_length, info.bos_token_id, prepend_bos)
     eos = np.array([info.eos_token_id], dtype=SHARD_DTYPE)
 
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    writer = ShardWriter(tmp_dir, sequences_per_shard, spec)
-
     read_stats = ReadStats()
     seen: Counter[str] = Counter()
     used_docs: Counter[str] = Counter()
@@ -257,7 +251,8 @@ def make_shards(
             if document.source in include:
                 yield document
 
-    try:
+    with atomic_dir(out_dir) as tmp_dir:  # replaces out_dir once every shard is written
+        writer = ShardWriter(tmp_dir, sequences_per_shard, spec)
         documents = kept(iter_documents(files, read_stats, on_bad_record))
         for batch in _batched(documents, batch_size):
             token_lists = encode([d.text for d in batch])
@@ -293,11 +288,6 @@ def make_shards(
                 f"the kept documents hold {sum(used_tokens.values())} tokens, too few for one "
                 f"sequence of {context_length}"
             )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
     elapsed = time.perf_counter() - started
     total_text_tokens = sum(used_tokens.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,23 @@ def setup_logging(log_path: str | Path, level: int = logging.INFO) -> None:
         sys.__excepthook__(exc_type, exc_value, exc_traceback)
 
     sys.excepthook = log_uncaught
+    exit_on_sigterm()
+
+
+class Terminated(SystemExit):
+    """The job was sent SIGTERM (Snakemake cancelling it, SLURM's time limit, a SageMaker stop)."""
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into an exception in the main thread, so that the ``finally`` blocks of the
+    atomic writers remove their temporary files (Python's default would end the process without
+    running them). Exits with 128 + 15, as the signal would."""
+
+    def terminate(signum, frame):
+        logging.getLogger("spectra").error("terminated by signal %d", signum)
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def package_modules(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> list[Path]:

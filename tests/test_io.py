@@ -1,0 +1,114 @@
+"""Atomic writes: a failure leaves what was there; success replaces it in one rename."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from spectra_attn.io import atomic_dir, atomic_path
+
+
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("existing", ["none", "folder", "link", "file"])
+def test_atomic_dir_replaces_what_was_there(tmp_path, existing):
+    target = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept.txt").write_text("cache entry")
+    if existing == "folder":
+        target.mkdir()
+        (target / "stale.txt").write_text("stale")
+    elif existing == "link":
+        target.symlink_to(elsewhere)  # as Snakemake's between-workflow cache leaves it
+    elif existing == "file":
+        target.write_text("a file")
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert target.is_dir() and not target.is_symlink()
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    assert (elsewhere / "kept.txt").read_text() == "cache entry"  # a link's target is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"]
+    assert target.stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def test_atomic_dir_failure_leaves_the_old_folder_and_no_temporary(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_writer(tmp_path):
+    """SIGKILL runs no cleanup: the next job writing the same output removes what was left,
+    and only that (not another output's temporaries, nor a name that merely starts alike)."""
+    target = tmp_path / "part_0000.parquet"
+    left = [
+        tmp_path / ".part_0000.parquet.ab12cd34.tmp",
+        tmp_path / ".part_0000.parquet.zz_9yy8x.tmp.wal",
+    ]
+    for path in left:
+        path.write_text("half")
+    (tmp_path / ".part_0000.parquet.dir12345.tmp").mkdir()
+    kept = [
+        tmp_path / ".part_0001.parquet.ab12cd34.tmp",
+        tmp_path / ".part_0000.parquet.x.ab12cd34.tmp",
+    ]
+    for path in kept:
+        path.write_text("someone else's")
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [target.name, *(p.name for p in kept)]
+    )
+    with atomic_dir(tmp_path / "partial") as tmp:
+        (tmp / "a").write_text("a")
+    assert (tmp_path / "partial" / "a").is_file()
+
+
+def test_sigterm_runs_the_cleanup(tmp_path):
+    """A job sent SIGTERM (Snakemake cancelling it, SLURM's time limit) removes its temporary
+    file on the way out and exits with 143."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import os, signal, time
+        from spectra_attn.io import atomic_path
+        from spectra_attn.workflow import setup_logging
+        setup_logging({str(tmp_path / "job.log")!r})
+        with atomic_path({str(tmp_path / "out.txt")!r}) as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert result.returncode == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.log"]
+    assert "terminated by signal 15" in (tmp_path / "job.log").read_text()

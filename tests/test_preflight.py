@@ -1,0 +1,109 @@
+"""What a configuration is checked against before any job runs (files only, no model loaded)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spectra_attn import config as spectra_config
+from spectra_attn.preflight import problems
+
+LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 1024,
+}
+HEADS = [{"layer": 1, "head": 0, "role": "target"}, {"layer": 1, "head": 5, "role": "control"}]
+
+
+def model_folder(tmp_path, shape=LLAMA, weights="model.safetensors"):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(shape))
+    if weights:
+        (folder / weights).write_bytes(b"\0")
+    return folder
+
+
+def corpus_folder(tmp_path, split="test"):
+    folder = tmp_path / "corpus"
+    (folder / split / "chunk1").mkdir(parents=True)
+    (folder / split / "chunk1" / "example_0.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    return folder
+
+
+def configured(tmp_path, **sections):
+    base = {
+        "model": {"name_or_path": str(model_folder(tmp_path))},
+        "data": {"source": str(corpus_folder(tmp_path)), "split": "test"},
+        "intervention": {"heads": HEADS, "n_samples": 8},
+        "capture": {"n_samples": 16},
+    }
+    return spectra_config.validate(spectra_config.deep_merge(base, sections))
+
+
+def test_a_sound_configuration_has_no_problem(tmp_path):
+    assert problems(configured(tmp_path)) == []
+    assert problems(spectra_config.load(["config.yaml"])) == []  # the demo, before it is built
+
+
+def test_each_problem_names_its_key(tmp_path):
+    found = problems(
+        configured(
+            tmp_path,
+            data={"context_length": 2048, "max_sequences": 10, "split": "tset"},
+            intervention={
+                "heads": [
+                    {"layer": 4, "head": 0, "role": "target", "n_samples": 12},
+                    {"layer": 1, "head": 8, "role": "control"},
+                ]
+            },
+        )
+    )
+    text = "\n".join(found)
+    assert "'capture.n_samples': 16 sequences, but data.max_sequences=10" in text
+    assert "'intervention.heads[0].n_samples': 12 sequences" in text
+    assert "'intervention.n_samples'" not in text  # 8 ≤ 10
+    assert "'data.context_length': 2048 exceeds the model's maximum context" in text
+    assert "'intervention.heads[0].layer': 4 is out of range; the model has layers 0-3" in text
+    assert "'intervention.heads[1].head': 8 is out of range" in text
+    assert "no files of split 'tset'" in text
+    assert len(found) == 6
+
+
+def test_model_folders(tmp_path):
+    pickled = configured(tmp_path)
+    folder = tmp_path / "model"
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\0")
+    assert any("no safetensors weights" in p for p in problems(pickled))
+    gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2}
+    (folder / "config.json").write_text(json.dumps(gpt2))
+    assert any("is a GPT2LMHeadModel (model_type 'gpt2')" in p for p in problems(pickled))
+    typo = spectra_config.deep_merge(pickled, {"model": {"name_or_path": "resources/demo/modle"}})
+    assert problems(typo) == [
+        "config key 'model.name_or_path': 'resources/demo/modle' is not a folder, and not a hub "
+        "id (org/name) either"
+    ]
+    hub = spectra_config.deep_merge(pickled, {"model": {"name_or_path": "meta-llama/Llama-3-8B"}})
+    assert problems(hub) == []  # looked up by its job
+
+
+def test_demo_settings_are_checked_before_the_demo_model_is_built():
+    demo = spectra_config.load(["config.yaml"])
+    bad = spectra_config.deep_merge(demo, {"demo": {"num_key_value_heads": 3}})
+    assert problems(bad) == [
+        "config key 'demo': demo.num_attention_heads=8 must be a multiple of "
+        "demo.num_key_value_heads=3"
+    ]
+    long = spectra_config.deep_merge(demo, {"data": {"context_length": 4096}})
+    assert any("max_position_embeddings=2048" in p for p in problems(long))
+
+
+@pytest.mark.parametrize("select", ["auto"])
+def test_automatic_selection_skips_the_head_checks(tmp_path, select):
+    chosen = configured(tmp_path, intervention={"select": select, "heads": []})
+    assert problems(chosen) == []
