@@ -267,6 +267,20 @@ def test_object_array_shard_is_refused(good_run):
         load_shard(path)
 
 
+def test_a_file_that_is_not_an_npz_is_named_as_such(good_run):
+    """np.load takes any file without the zip or .npy magic for a pickle: such a file is not
+    reported as holding an object array, and a bare pickle is refused all the same."""
+    import pickle
+
+    path = good_run / "shards" / "shard_0000.npz"
+    path.write_text("input_ids\n1 2 3\n")
+    with pytest.raises(ShardError, match=r"not an \.npz file .* starts with b'inpu'"):
+        load_shard(path)
+    path.write_bytes(pickle.dumps({"input_ids": [[1, 2]]}))
+    with pytest.raises(ShardError, match=r"not an \.npz file"):
+        load_shard(path)
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -353,3 +367,32 @@ def test_hub_download_failure_is_explained(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
     with pytest.raises(CorpusError, match="taken as a Hugging Face dataset id.*no network"):
         download_hub_dataset("someone/missing", "test", tmp_path / "cache")
+
+
+def test_inspect_counts_tokens_and_decodes_them(good_run, tokenizer_dir, tmp_path, monkeypatch):
+    """`spectra shards inspect` against numpy on the same array; the manifest's tokenizer is used
+    when it can be found from here, and named as not found (ids only) when it cannot."""
+    import json
+
+    from spectra_attn.shard_report import inspect_shards
+
+    array = load_shard(good_run / "shards" / "shard_0000.npz")
+    values, counts = np.unique(array, return_counts=True)
+    commonest = int(values[np.argmax(counts)])
+    text = inspect_shards(good_run / "manifest.json", top=3)
+    assert f"shape            {array.shape}" in text
+    assert f"unique values    {len(values)}" in text
+    first = text.split("most frequent tokens (top 3):\n")[1].splitlines()[0].split()
+    assert (int(first[0]), int(first[1])) == (commonest, int(counts.max()))
+    decoded = AutoTokenizer.from_pretrained(tokenizer_dir).decode([commonest])
+    assert repr(decoded) in text
+    assert (
+        f"BOS              id {AutoTokenizer.from_pretrained(tokenizer_dir).bos_token_id}" in text
+    )
+    manifest = json.loads((good_run / "manifest.json").read_text())
+    manifest["tokenizer"]["name_or_path"] = "resources/elsewhere/model"  # relative, as in a run
+    (good_run / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    text = inspect_shards(good_run / "manifest.json", top=3)
+    assert "resources/elsewhere/model (not found from here" in text
+    assert repr(decoded) not in text

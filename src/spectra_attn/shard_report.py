@@ -69,12 +69,26 @@ def describe_array(
     return "\n".join(lines)
 
 
+def _loadable(name: str) -> bool:
+    """A tokenizer folder that exists from here, or a name that can only be a hub id."""
+    from spectra_attn.corpus import HUB_ID_PATTERN
+
+    return Path(name).is_dir() or (not Path(name).exists() and bool(HUB_ID_PATTERN.match(name)))
+
+
 def inspect_shards(path: str | Path, tokenizer: str | None = None, top: int = 20) -> str:
     paths = find_shards(path)
     manifest = manifest_for(paths[0])
     tokenizer_name = tokenizer or (manifest or {}).get("tokenizer", {}).get("name_or_path")
     decode = None
     special: dict[str, int | None] = {}
+    note = ""
+    if tokenizer_name and not tokenizer and not _loadable(tokenizer_name):
+        # The manifest names the tokenizer as the workflow saw it, relative to its folder.
+        note = " (not found from here: tokens shown as ids; pass --tokenizer to decode them)"
+        tokenizer_name, shown_name = None, tokenizer_name
+    else:
+        shown_name = tokenizer_name
     if tokenizer_name:
         from transformers import AutoTokenizer
 
@@ -89,7 +103,7 @@ def inspect_shards(path: str | Path, tokenizer: str | None = None, top: int = 20
     if manifest:
         reports.append(
             f"manifest: {manifest['sequences']} sequences in {len(manifest['shards'])} shards, "
-            f"split {manifest['split']!r} of {manifest['source']}, tokenizer {tokenizer_name}"
+            f"split {manifest['split']!r} of {manifest['source']}, tokenizer {shown_name}{note}"
         )
     reports += [describe_array(str(p), load_shard(p), top, decode, special) for p in paths]
     return "\n\n".join(reports)

@@ -382,6 +382,13 @@ def load_shard(path: str | Path) -> np.ndarray:
     """The ``input_ids`` array of a shard, loaded without pickle."""
     path = Path(path)
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ShardError(f"{path}: not a readable .npz file ({exc})") from exc
+    if magic != b"PK\x03\x04":  # np.load would take anything else for a pickle
+        raise ShardError(f"{path}: not an .npz file (a zip archive); it starts with {magic!r}")
+    try:
         with np.load(path, allow_pickle=False) as archive:
             if SHARD_KEY not in archive.files:
                 raise ShardError(f"{path}: no {SHARD_KEY!r} array (has {archive.files})")
