@@ -4,6 +4,7 @@ float64 recomputation from the layer inputs (pre-RoPE), for each supported archi
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -440,6 +441,31 @@ def test_shards_from_another_tokenizer_fail_before_the_model_loads(
     with pytest.raises(ValueError, match="outside the model's vocabulary of 50"):
         capture_range(small, manifest, tmp_path / "x.parquet", 0, 2)
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_shards_made_with_another_tokenizer_are_refused(model_dir, tmp_path, tokenizer_dir):
+    """The manifest records the sha256 of the tokenizer that made the shards; a model whose own
+    tokenizer differs is refused before its weights load, and one with the same tokenizer runs."""
+    from spectra_attn.shards import load_tokenizer
+
+    _, info = load_tokenizer(str(tokenizer_dir))
+    with_tokenizer = tmp_path / "model"
+    shutil.copytree(model_dir, with_tokenizer)
+    transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(with_tokenizer)
+    for fingerprint, fails in (("0" * 64, True), (info.fingerprint, False)):
+        shards = tmp_path / fingerprint[:4]
+        manifest_path = write_shards(shards, [4])
+        manifest = json.loads(manifest_path.read_text())
+        manifest["tokenizer"] = {"name_or_path": "elsewhere", "fingerprint": fingerprint}
+        manifest_path.write_text(json.dumps(manifest))
+        out = shards / "part.parquet"
+        if fails:
+            with pytest.raises(ValueError, match="tokenizer of 'elsewhere' .* has another one"):
+                capture_range(with_tokenizer, manifest_path, out, 0, 2)
+            assert not out.exists()
+        else:
+            capture_range(with_tokenizer, manifest_path, out, 0, 2)
+            assert out.is_file()
 
 
 def test_samples_table_maps_ids_to_shard_rows_in_order(manifest):

@@ -567,18 +567,47 @@ def capture_to_parquet(
     return rows
 
 
+def check_tokenizer(spec: ModelSpec, manifest_path: str) -> None:
+    """Fail when the model's own tokenizer is not the one that made the shards (the manifest
+    records its sha256): its ids would mean other tokens to this model. A model folder without a
+    tokenizer cannot be compared, and is said so in the log."""
+    from spectra_attn.shards import load_tokenizer, read_manifest
+
+    made_with = read_manifest(manifest_path).get("tokenizer") or {}
+    if not made_with.get("fingerprint"):
+        return
+    try:
+        _, info = load_tokenizer(spec.name_or_path, spec.revision, spec.trust_remote_code)
+    except (OSError, ValueError) as error:
+        logger.warning(
+            "%s has no tokenizer to compare with the one that made the shards (%s): %s",
+            spec.name_or_path,
+            made_with.get("name_or_path"),
+            error,
+        )
+        return
+    if info.fingerprint != made_with["fingerprint"]:
+        raise ValueError(
+            f"the shards of {manifest_path} were made with the tokenizer of "
+            f"{made_with.get('name_or_path')!r} (sha256 {made_with['fingerprint'][:12]}…), but "
+            f"{spec.name_or_path!r} has another one (sha256 {info.fingerprint[:12]}…): its ids "
+            "would mean other tokens; make the shards with this model's tokenizer"
+        )
+
+
 def prepare(
     spec: ModelSpec, manifest_path: str, sample_start: int, sample_stop: int, check_config=None
 ):
     """Samples table, validated token rows and the loaded model for one job. Everything that can
-    fail cheaply (sample range, shard validation, architecture, context length, vocabulary, and
-    ``check_config(model_config)`` if given) is checked before the weights load."""
+    fail cheaply (sample range, shard validation, architecture, context length, vocabulary, the
+    tokenizer, and ``check_config(model_config)`` if given) is checked before the weights load."""
     from spectra_attn.samples import load_samples, sample_table
 
     table = sample_table(manifest_path, sample_stop).iloc[sample_start:sample_stop]
     tokens = load_samples(manifest_path, table)
     model_config = spec.config()
     check_model_fits(model_config, tokens.shape[1], int(tokens.max()))
+    check_tokenizer(spec, manifest_path)
     if check_config is not None:
         check_config(model_config)
     model = load_model(spec, model_config)
