@@ -17,12 +17,13 @@ from spectra_attn.workflow import package_modules
 # The package's validator (same schema as `spectra config show`) fills defaults and names every
 # unknown or invalid key at once, before any job is scheduled; then what the files can tell
 # (model folder, corpus split, sequence counts), since a value that fails inside a job would
-# fail only after Snakemake removed that job's earlier outputs.
+# fail only after Snakemake removed that job's earlier outputs. The files are read once, by the
+# main process, not again by every job it spawns (a corpus folder may hold 60,000 files).
 try:
     config.update(spectra_config.validate(config))
 except spectra_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
-if problems := preflight.problems(config):
+if workflow.is_main_process and (problems := preflight.problems(config)):
     raise WorkflowError(
         "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
     )

@@ -350,6 +350,24 @@ def test_bad_config_key_fails_before_any_job(demo_run, tmp_path):
     assert "'n_sample' under 'capture'" in result.stdout + result.stderr
 
 
+def test_a_value_that_would_fail_inside_a_job_keeps_the_outputs(demo_run, tmp_path):
+    """Snakemake removes a job's outputs before running it: a context longer than the demo
+    model's, which make_shards would refuse only after its shards were removed, is refused
+    before any job runs (not a dry run), and the shards and the demo model stay."""
+    workdir, _, _ = demo_run
+    shards = sorted((workdir / "results" / "demo" / "data" / "shards").iterdir())
+    before = [p.read_bytes() for p in shards]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("data:\n  context_length: 4096\n")
+    result = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "--configfile", str(mine))
+    assert result.returncode != 0
+    assert "'data.context_length': 4096 exceeds the model's maximum context" in result.stderr
+    assert [p.read_bytes() for p in shards] == before
+    assert (workdir / "resources" / "demo" / "model" / "model.safetensors").is_file()
+    again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
 def test_other_model_skips_the_demo_model(demo_run, tmp_path):
     workdir, _, _ = demo_run
     mine = tmp_path / "mine.yaml"
