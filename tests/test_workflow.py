@@ -361,7 +361,9 @@ def test_a_value_that_would_fail_inside_a_job_keeps_the_outputs(demo_run, tmp_pa
     mine.write_text("data:\n  context_length: 4096\n")
     result = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "--configfile", str(mine))
     assert result.returncode != 0
-    assert "'data.context_length': 4096 exceeds the model's maximum context" in result.stderr
+    assert "'data.context_length': 4096 exceeds the model's maximum context" in (
+        result.stdout + result.stderr
+    )
     assert [p.read_bytes() for p in shards] == before
     assert (workdir / "resources" / "demo" / "model" / "model.safetensors").is_file()
     again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
