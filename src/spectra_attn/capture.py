@@ -161,9 +161,9 @@ class ModelSpec:
     def config(self):
         from transformers import AutoConfig
 
-        from spectra_attn.corpus import HUB_ID_PATTERN
+        from spectra_attn.corpus import is_hub_id
 
-        if not Path(self.name_or_path).exists() and not HUB_ID_PATTERN.match(self.name_or_path):
+        if not Path(self.name_or_path).exists() and not is_hub_id(self.name_or_path):
             raise FileNotFoundError(
                 f"model {self.name_or_path!r}: no such folder, and not a hub id (org/name)"
             )

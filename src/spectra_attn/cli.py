@@ -50,9 +50,6 @@ def _checked(entry: dict, name: str):
     return check
 
 
-LAYER_OR_HEAD = {"type": "integer", "minimum": 0}
-
-
 def _option(*keys: str) -> dict:
     """``default=``, and ``choices=`` for an enumeration or a ``type=`` holding numbers to the
     schema's bounds (for a list, each item's), of an option named after a configuration key."""
@@ -290,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     intervene.add_argument(
         "--shards", required=True, help="shards directory (manifest.json beside it) or manifest"
     )
-    intervene.add_argument("--layer", required=True, type=_checked(LAYER_OR_HEAD, "--layer"))
-    intervene.add_argument("--head", required=True, type=_checked(LAYER_OR_HEAD, "--head"))
+    head_keys = _schema_key("intervention", "heads")["items"]["properties"]
+    intervene.add_argument("--layer", required=True, type=_checked(head_keys["layer"], "--layer"))
+    intervene.add_argument("--head", required=True, type=_checked(head_keys["head"], "--head"))
     intervene.add_argument("--role", choices=["target", "control"], default="target")
     intervene.add_argument("--scales", nargs="+", **_option("intervention", "scales"))
     intervene.add_argument("--n-samples", **_option("intervention", "n_samples"))

@@ -89,6 +89,7 @@ def _head_problems(config: Mapping[str, Any]) -> list[str]:
                 f"config key 'intervention.heads': needs exactly one head with role {role!r}, "
                 f"found {count} (the gain analysis compares one target with one control)"
             )
+    atlas = config["atlas"]["scales"] or intervention["scales"]
     seen = set()
     for index, entry in enumerate(heads):
         key = (entry["layer"], entry["head"])
@@ -97,7 +98,6 @@ def _head_problems(config: Mapping[str, Any]) -> list[str]:
                 f"config key 'intervention.heads[{index}]': L{key[0]}_H{key[1]} is listed twice"
             )
         seen.add(key)
-        atlas = config["atlas"]["scales"] or intervention["scales"]
         scales = entry.get("scales", intervention["scales"])
         if not {round(s, 6) for s in scales} & {round(s, 6) for s in atlas}:
             problems.append(

@@ -21,6 +21,13 @@ import numpy as np
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Remove what an earlier writer of ``path`` killed with SIGKILL left beside it (the names
     :func:`atomic_path` and :func:`atomic_dir` give their temporaries). One job writes one
@@ -43,9 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; give the result the permissions a plain open() would (umask applies).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -62,9 +67,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        umask = os.umask(0)  # mkdtemp makes the folder private; give it what mkdir would
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes the folder private; give it what mkdir would
         yield tmp
         if path.is_symlink() or path.is_file():
             path.unlink()

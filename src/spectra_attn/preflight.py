@@ -17,7 +17,7 @@ from typing import Any
 
 from spectra_attn.columns import SUPPORTED_MODEL_TYPES
 from spectra_attn.config import uses_demo_corpus, uses_demo_model
-from spectra_attn.corpus import HUB_ID_PATTERN, CorpusError, find_split_files, is_hub_id
+from spectra_attn.corpus import CorpusError, find_split_files, is_hub_id
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 
@@ -59,9 +59,9 @@ def _model_shape(config: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list
             return None, [f"config key 'demo': {error}"]
         return {"model_type": "llama", **config["demo"]}, []
     folder = Path(name)
+    if is_hub_id(name):
+        return None, []  # its job loads (or downloads) it
     if not folder.exists():
-        if HUB_ID_PATTERN.match(name):
-            return None, []  # a hub id: its job loads (or downloads) it
         return None, [
             f"config key 'model.name_or_path': {name!r} is not a folder, and not a hub id "
             "(org/name) either"

@@ -71,9 +71,9 @@ def describe_array(
 
 def _loadable(name: str) -> bool:
     """A tokenizer folder that exists from here, or a name that can only be a hub id."""
-    from spectra_attn.corpus import HUB_ID_PATTERN
+    from spectra_attn.corpus import is_hub_id
 
-    return Path(name).is_dir() or (not Path(name).exists() and bool(HUB_ID_PATTERN.match(name)))
+    return Path(name).is_dir() or is_hub_id(name)
 
 
 def inspect_shards(path: str | Path, tokenizer: str | None = None, top: int = 20) -> str:
