@@ -177,7 +177,11 @@ def overhead(args) -> None:
             f"first capture call (1 sample, kernel compile or cache load): "
             f"{time.perf_counter() - start:.2f} s"
         )
+        # One untimed run of each way at full size: the first runs of a shape take their memory
+        # from the system (page faults) and are 0.3-0.6 s slower, whatever the way.
+        capture_to_parquet(model, tokens, sample_ids, f"{tmp}/w.parquet", settings, args.batch_size)
         model.set_attn_implementation("sdpa")
+        plain_forward(model, tokens, args.batch_size)
 
         def timed(name: str, run) -> None:
             if name != "forward":

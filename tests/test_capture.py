@@ -170,6 +170,54 @@ def test_capture_leaves_the_model_output_unchanged():
     torch.testing.assert_close(captured, plain)
 
 
+def _calls_after_the_last_attention(model) -> tuple[list[str], list]:
+    """Forward hooks that note each call of what follows the last layer's attention."""
+    calls: list[str] = []
+    last = model.model.layers[-1]
+    handles = [
+        module.register_forward_hook(lambda *_, name=name: calls.append(name))
+        for name, module in (("mlp", last.mlp), ("norm", model.model.norm), ("head", model.lm_head))
+    ]
+    return calls, handles
+
+
+@pytest.mark.parametrize("rope", ["pre", "post"])
+def test_capture_stops_after_the_last_layers_attention_with_the_same_metrics(rope):
+    """Nothing capture records comes after the last layer's queries and keys: its attention output,
+    MLP, final norm and head are not computed, and the metrics equal those of a recorder that
+    lets the whole forward pass run."""
+    from spectra_attn.atlas import atlas_batch
+    from spectra_attn.capture import AttentionRecorder, forward_for_metrics
+
+    ids = input_ids()
+    model = tiny_model("llama")
+    use_capture_attention(model)
+    settings = CaptureSettings(rope=rope)
+    calls, handles = _calls_after_the_last_attention(model)
+    try:
+        stopped = capture_batch(model, ids, settings)
+        atlas_batch(model, ids, settings, [0.5, 1.0])
+        assert calls == []
+        with torch.inference_mode(), AttentionRecorder(model, settings) as full:
+            model(input_ids=ids, use_cache=False)
+        assert calls == ["mlp", "norm", "head"]
+        # A recorder of layer 0 alone stops there: the last layer's MLP is not reached either.
+        calls.clear()
+        with (
+            torch.inference_mode(),
+            AttentionRecorder(model, settings, layers={0}, stop_when_done=True) as first,
+        ):
+            forward_for_metrics(model, ids)
+        assert calls == [] and set(first.layers) == {0}
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert set(stopped) == set(full.layers) == {0, 1}
+    for layer, metrics in full.layers.items():
+        for name, value in metrics.items():
+            torch.testing.assert_close(stopped[layer][name], value, rtol=0, atol=0, equal_nan=True)
+
+
 def test_grouped_query_heads_read_their_own_kv_head():
     """Breaking the h // groups mapping (here: reading KV heads in the wrong order) is caught."""
     ids = input_ids()

@@ -230,18 +230,19 @@ ROWS_FOR_SELECTION = {
 )
 @pytest.mark.parametrize("max_rounds", [0, 1, 48])
 @pytest.mark.parametrize("mass", [0.5, 0.9, 0.999])
-def test_keys_for_mass_is_exact_whatever_the_guess(row, guess, spread, max_rounds, mass):
-    """Every path of the selection (guess bracket, rounds, the peel of tied values, the final
-    sort when the rounds run out) gives what a walk down the sorted row gives; a guess only
-    changes how fast."""
-    from spectra_attn.cpu_kernels import keys_for_mass
+@pytest.mark.parametrize("band", [True, False], ids=["band", "in_place"])
+def test_keys_for_mass_is_exact_whatever_the_guess(row, guess, spread, max_rounds, mass, band):
+    """Every path of the selection (guess bracket, the candidates copied to a band of their own
+    or left in place, rounds, the peel of tied values, the final sort when the rounds run out)
+    gives what a walk down the sorted row gives; a guess only changes how fast."""
+    from spectra_attn.cpu_kernels import LANES, keys_for_mass
 
     values = ROWS_FOR_SELECTION[row](np.random.default_rng(len(row))).astype(np.float32)
     values /= values.max()
     total = float(values.astype(np.float64).sum())
     target = mass * total
+    answer = np.sort(values)[::-1][_sorted_walk(values, target) - 1]
     if guess == "answer":  # the low pivot exactly on the answer's value (both, for spread 0)
-        answer = np.sort(values)[::-1][_sorted_walk(values, target) - 1]
         guess = _guess_putting_the_low_pivot_on(answer, spread)
     elif guess is None:  # the kernel's own guess: the normal quantile from the moments
         d = np.log(values[values > 0].astype(np.float64))
@@ -250,8 +251,75 @@ def test_keys_for_mass_is_exact_whatever_the_guess(row, guess, spread, max_round
         sigma = float(np.sqrt(max((w * d * d).sum() - mean**2, 0.0))) if spread is None else spread
         guess, spread = math.exp(mean + sigma * scipy.stats.norm.ppf(1 - mass)), sigma
     scratch = np.empty_like(values)
-    got = keys_for_mass(values, target, total, scratch, max_rounds, guess, spread)
+    # Filled with the answer's value, so that anything read beyond what the copy wrote would
+    # count as a candidate.
+    band_buffer = np.full(len(values) + LANES if band else 0, answer)
+    got = keys_for_mass(values, target, total, scratch, max_rounds, guess, spread, band_buffer)
     assert got == _sorted_walk(values, target)
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 47, 64, 300])
+@pytest.mark.parametrize(("lower", "upper"), [(-5, 5), (0, 1), (3, 3), (-(2**31), 2**31 - 1)])
+def test_compact_band_copies_the_band_in_order(length, lower, upper):
+    """The vectorized copy of k_eff's candidates: exactly the values in [lower, upper), in order
+    (bounds included or not as they should be, whole vectors and what is left beyond them),
+    then LANES values −1, and nothing written beyond len + LANES."""
+    from spectra_attn.cpu_kernels import LANES, compact_band
+
+    bits = np.random.default_rng(length).integers(-8, 8, size=length).astype(np.int32)
+    out = np.full(length + 2 * LANES, 12345, np.int32)
+    m = compact_band(bits, np.int32(lower), np.int32(upper), out[: length + LANES])
+    expected = bits[(bits >= lower) & (bits < upper)]
+    assert m == len(expected)
+    np.testing.assert_array_equal(out[:m], expected)
+    np.testing.assert_array_equal(out[m : m + LANES], -1)
+    assert (out[length + LANES :] == 12345).all()
+
+
+KERNEL_FEATURES = """
+import json
+import spectra_attn.cpu_kernels as kernels
+from numba.core.codegen import get_host_cpu_features
+from numba.core.registry import cpu_target
+print(json.dumps({
+    "host": get_host_cpu_features(),
+    "compiled_with": cpu_target.target_context.codegen().magic_tuple()[2],
+    "wide": kernels.WIDE_VECTOR_FEATURES,
+    "band": kernels.COMPACT_BAND,
+}))
+"""
+
+
+def test_kernels_use_512_bit_vectors_where_the_cpu_has_them_unless_numba_is_told_otherwise():
+    """LLVM tunes most AVX-512 CPUs to prefer 256-bit vectors; the kernels' code generator is
+    told not to (benchmarks/RESULTS.md), and a user's NUMBA_CPU_FEATURES stands."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def features(**env):
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+        result = subprocess.run(
+            [sys.executable, "-c", KERNEL_FEATURES],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**environment, **env},
+        )
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    default = features()
+    avx512 = "+avx512f" in default["host"].split(",")
+    assert default["band"] == avx512
+    if avx512:
+        assert default["wide"] == default["compiled_with"] == default["host"] + ",-prefer-256-bit"
+    else:
+        assert default["wide"] is None
+        assert default["compiled_with"] == default["host"]
+    own = features(NUMBA_CPU_FEATURES=default["host"])
+    assert own["wide"] is None
+    assert own["compiled_with"] == default["host"]
 
 
 def test_fused_cpu_kernel_equals_torch_on_causal_blocks():

@@ -20,6 +20,7 @@ from spectra_attn.capture import (
     AttentionRecorder,
     CaptureSettings,
     ModelSpec,
+    forward_for_metrics,
     head_metrics,
     token_mean,
 )
@@ -32,7 +33,7 @@ class TemperatureRecorder(AttentionRecorder):
     """Per layer: token means of the gain metrics of every head at every temperature scale."""
 
     def __init__(self, model: torch.nn.Module, settings: CaptureSettings, scales: list[float]):
-        super().__init__(model, settings)
+        super().__init__(model, settings, stop_when_done=True)
         self.scales = scales
 
     def record(self, layer, query, key, scaling, sliding_window) -> None:
@@ -49,7 +50,7 @@ class TemperatureRecorder(AttentionRecorder):
 @torch.inference_mode()
 def atlas_batch(model, input_ids: torch.Tensor, settings: CaptureSettings, scales: list[float]):
     with TemperatureRecorder(model, settings, scales) as recorder:
-        model(input_ids=input_ids.to(model.device), use_cache=False, logits_to_keep=1)
+        forward_for_metrics(model, input_ids)
     return recorder.layers
 
 

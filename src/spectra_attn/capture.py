@@ -20,6 +20,7 @@ computed in float32 by blocks of queries whatever the model's dtype, so memory n
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -48,6 +49,12 @@ NON_BLOCKING_COPIES = True
 _ACTIVE_RECORDER: contextvars.ContextVar[AttentionRecorder | None] = contextvars.ContextVar(
     "spectra_active_recorder", default=None
 )
+
+
+class RecordingComplete(Exception):
+    """Raised by a recorder made with ``stop_when_done`` once it holds every layer it records: what
+    the model would compute after that (the rest of the last recorded layer, the final norm and
+    head) produces nothing the recorder keeps. :func:`forward_for_metrics` catches it."""
 
 
 class UnsupportedModelError(ValueError):
@@ -219,11 +226,14 @@ class AttentionRecorder:
         heads: list[int] | None = None,
         keep_logits: bool = False,
         non_blocking_copies: bool = False,
+        stop_when_done: bool = False,
     ):
         """``layers``/``heads``: record only these (default: all). ``keep_logits``: also keep the
         recorded heads' causal logits ``[B, heads, T, T]`` in ``self.logits`` (for checks).
         ``non_blocking_copies``: see :func:`head_metrics`; the owner must synchronize the device
-        before reading ``self.layers``."""
+        before reading ``self.layers``. ``stop_when_done``: end the forward pass (raise
+        :class:`RecordingComplete`, run it with :func:`forward_for_metrics`) as soon as the last
+        recorded layer is recorded, for callers that use nothing of the model's output."""
         self.model = model
         self.settings = settings
         self.modules = [
@@ -234,6 +244,7 @@ class AttentionRecorder:
         self.heads = heads
         self.keep_logits = keep_logits
         self.non_blocking_copies = non_blocking_copies
+        self.stop_when_done = stop_when_done
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self._recorded = {m.layer_idx for m in self.modules}
@@ -295,6 +306,8 @@ class AttentionRecorder:
             query = query[:, self.heads]
             key = key[:, [head // groups for head in self.heads]]
         self.record(layer, query, key, scaling, sliding_window)
+        if self.stop_when_done and len(self.layers) == len(self._recorded):
+            raise RecordingComplete
 
     def record(
         self,
@@ -404,6 +417,14 @@ def to_columns(
     return columns
 
 
+def forward_for_metrics(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
+    """Run ``input_ids`` through ``model`` for what an active recorder records, nothing else: with
+    ``stop_when_done`` the pass ends after the last recorded layer's queries and keys (on a
+    Llama-3-8B capture the last layer's attention and MLP, 1/32 of the pass, are not computed)."""
+    with contextlib.suppress(RecordingComplete):
+        model(input_ids=input_ids.to(model.device), use_cache=False, logits_to_keep=1)
+
+
 @torch.inference_mode()
 def capture_batch(
     model: torch.nn.Module, input_ids: torch.Tensor, settings: CaptureSettings
@@ -411,9 +432,9 @@ def capture_batch(
     """One forward pass of ``input_ids`` ``[B, T]``; returns per-layer ``[B, heads, T]`` metrics."""
     gpu = model.device.type == "cuda"
     with AttentionRecorder(
-        model, settings, non_blocking_copies=gpu and NON_BLOCKING_COPIES
+        model, settings, non_blocking_copies=gpu and NON_BLOCKING_COPIES, stop_when_done=True
     ) as recorder:
-        model(input_ids=input_ids.to(model.device), use_cache=False, logits_to_keep=1)
+        forward_for_metrics(model, input_ids)
         layers = recorder.layers
     if gpu:
         torch.cuda.synchronize(model.device)  # every layer's copies to the host have landed

@@ -33,7 +33,36 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core import codegen as _codegen
+from numba.core import config as _config
 from numba.extending import intrinsic
+
+
+def _prefer_512_bit_vectors() -> str | None:
+    """On a CPU with AVX-512, compile with 512-bit vectors (returns the features used, or None).
+
+    LLVM tunes most Intel CPUs with AVX-512 (Skylake-X to Sapphire Rapids, Rocket Lake) to prefer
+    256-bit vectors, so the loops of these kernels get half the lanes the CPU has; without that
+    preference they run about 20 % faster on such a CPU (benchmarks/RESULTS.md, capture overhead).
+    The features are Numba's own host features plus ``-prefer-256-bit``, so Numba's cache, keyed
+    by them, keeps the two builds apart. A user's ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES``
+    stands; it takes effect only if no Numba function was compiled before this module loads
+    (Numba creates its code generator once, at the first compilation)."""
+    if _config.CPU_NAME is not None or _config.CPU_FEATURES is not None:
+        return None
+    features = _codegen.get_host_cpu_features()
+    if "+avx512f" not in features.split(","):
+        return None
+    # Set in numba.config itself: its reload before each compilation keeps such a value.
+    _config.CPU_FEATURES = f"{features},-prefer-256-bit"
+    return _config.CPU_FEATURES
+
+
+WIDE_VECTOR_FEATURES = _prefer_512_bit_vectors()
+# Whether the kernels copy k_eff's candidates to a buffer of their own (keys_for_mass): with
+# AVX-512 the copy is one compress instruction per vector; elsewhere LLVM's generic code for it
+# costs more than the passes it saves.
+COMPACT_BAND = "+avx512f" in (_config.CPU_FEATURES or _codegen.get_host_cpu_features()).split(",")
 
 _DMIN = np.float32(-1e15)  # d is clamped here first, so e · d stays 0 · finite for masked keys
 _EXP_MIN = np.float32(-87.0)
@@ -49,6 +78,9 @@ _ONE = np.float32(1.0)
 _NO_UPPER = np.int32(0x7F800001)  # above +inf's bits: an upper bound that excludes nothing
 _PEELS = 8  # values peeled one at a time before sorting what is left
 _MAX_ROUNDS = 48
+# keys_for_mass copies the candidates its first pass leaves to a buffer of their own when they are
+# at most this share of the row (1/_BAND_SHARE), so that the rounds after it read only them.
+_BAND_SHARE = 4
 _PAD = 32  # rows are padded to a multiple of this many keys (see _row)
 # How far above and below its guess keys_for_mass's first pass puts two pivots, in units of the
 # spread: on the bench model's rows the answer lies within ±0.1 σ of the guess 3 times in 4.
@@ -78,7 +110,7 @@ def _bits_from_float32(typingctx, value):
 
 
 LANES = 16  # keys per logits tile: one 512-bit vector (LLVM splits it where vectors are narrower)
-TILE_ROWS = 4  # query rows per logits tile, sharing each load of keys
+TILE_ROWS = 6  # query rows per logits tile, sharing each load of keys
 
 
 @intrinsic
@@ -150,6 +182,66 @@ def _logits_tile(typingctx, z, query, key_t, head, row, kv, key0, dim):
     return sig, codegen
 
 
+@intrinsic
+def _compact_band(typingctx, src, lower, upper, dst):
+    """``dst[:m] = [v for v in src[:len(src) // LANES * LANES] if lower <= v < upper]``, in order;
+    returns m. One vectorized pass: per ``LANES`` values a compare, a compress of the lanes that
+    pass (``llvm.experimental.vector.compress``: one instruction with AVX-512, generic code
+    elsewhere) and an unaligned store of the whole vector at ``dst[m]``, so ``dst`` may be
+    written up to its ``len(src) // LANES * LANES``-th element. ``src``, ``dst``: contiguous 1-D
+    int32 arrays; ``lower``, ``upper``: int32."""
+    sig = types.intp(src, lower, upper, dst)
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        target = context.make_array(signature.args[3])(context, builder, args[3])
+        i32 = ir.IntType(32)
+        vector = ir.VectorType(i32, LANES)
+        mask_type = ir.VectorType(ir.IntType(1), LANES)
+        lanes_int = ir.IntType(LANES)
+        compress = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vector, [vector, mask_type, vector]),
+            f"llvm.experimental.vector.compress.v{LANES}i32",
+        )
+        popcount = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(lanes_int, [lanes_int]), f"llvm.ctpop.i{LANES}"
+        )
+        splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
+
+        def broadcast(value, kind):
+            scalar = context.cast(builder, value, kind, types.int32)
+            lane = builder.insert_element(ir.Constant(vector, None), scalar, ir.Constant(i32, 0))
+            return builder.shuffle_vector(lane, ir.Constant(vector, None), splat)
+
+        low = broadcast(args[1], signature.args[1])
+        high = broadcast(args[2], signature.args[2])
+        intp = context.get_value_type(types.intp)
+        length = cgutils.unpack_tuple(builder, source.shape)[0]
+        vectors = builder.sdiv(length, ir.Constant(intp, LANES))
+        count = cgutils.alloca_once_value(builder, ir.Constant(intp, 0))
+        with cgutils.for_range(builder, vectors) as loop:
+            first = builder.mul(loop.index, ir.Constant(intp, LANES))
+            values = builder.load(
+                builder.bitcast(builder.gep(source.data, [first]), vector.as_pointer()), align=4
+            )
+            inside = builder.and_(
+                builder.icmp_signed(">=", values, low), builder.icmp_signed("<", values, high)
+            )
+            packed = builder.call(compress, [values, inside, ir.Constant(vector, None)])
+            m = builder.load(count)
+            builder.store(
+                packed,
+                builder.bitcast(builder.gep(target.data, [m]), vector.as_pointer()),
+                align=4,
+            )
+            taken = builder.call(popcount, [builder.bitcast(inside, lanes_int)])
+            builder.store(builder.add(m, builder.zext(taken, intp)), count)
+        return builder.load(count)
+
+    return sig, codegen
+
+
 @numba.njit(fastmath=_FAST, inline="always")
 def _ordered(bits):
     """An int32 whose order is that of the float32 with these bits, for any sign (an
@@ -186,7 +278,8 @@ def _pivot(guess, x):
 @numba.njit(fastmath=_FAST)
 def _bracket(e, bits, target, total, guess, spread):
     """One pass counting the values at or above two pivots just above and below ``guess``, and
-    what follows for :func:`keys_for_mass`: (upper, top, count, n_in, sum_in)."""
+    what follows for :func:`keys_for_mass`: (lower, upper, top, count, n_in, sum_in), the
+    candidates being the values in [lower, upper)."""
     high = _pivot(guess, _SPREAD * spread)
     low = _pivot(guess, -_SPREAD * spread)
     mass_high = 0.0
@@ -201,44 +294,37 @@ def _bracket(e, bits, target, total, guess, spread):
         count_high = _count_if(count_high, b >= high)
         count_low = _count_if(count_low, b >= low)
     if mass_high >= target:  # the answer is at or above the high pivot
-        return _NO_UPPER, 0.0, 0, count_high, mass_high
+        return high, _NO_UPPER, 0.0, 0, count_high, mass_high
     if mass_low >= target:  # between the pivots
-        return high, mass_high, count_high, count_low - count_high, mass_low - mass_high
-    return low, mass_low, count_low, e.shape[0] - count_low, total - mass_low
+        return low, high, mass_high, count_high, count_low - count_high, mass_low - mass_high
+    return np.int32(0), low, mass_low, count_low, e.shape[0] - count_low, total - mass_low
 
 
 @numba.njit(cache=True, fastmath=_FAST)
-def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
-    """The smallest k whose k largest values of ``e`` (float32, ≥ 0, summing to ``total``) sum
-    to at least ``target`` (≤ ``total``), without sorting ``e``.
+def compact_band(bits, lower, upper, band_bits):
+    """Copy the values of ``bits`` (int32) in [``lower``, ``upper``) to ``band_bits``, in order,
+    followed by ``LANES`` values −1 (padding that no pass counts); returns how many were copied.
+    ``band_bits`` needs ``len(bits) + LANES`` values; nothing beyond them is written."""
+    n = bits.shape[0]
+    m = _compact_band(bits, lower, upper, band_bits)
+    for j in range(n - n % LANES, n):  # what is left beyond whole vectors
+        b = bits[j]
+        band_bits[m] = b
+        m += (b >= lower) & (b < upper)
+    for j in range(LANES):  # a fixed count vectorizes
+        band_bits[m + j] = np.int32(-1)
+    return m
 
-    The ``count`` values at or above ``upper`` are taken, and their sum ``top`` stays below the
-    target; the candidates are the values below ``upper`` and at or above the last pivot that
-    reached the target (0 at first), so top plus their sum reaches it. Each round
-    counts, in one vectorized pass, the candidates at or above their mean and keeps the side that
-    holds the answer (the mean splits off at least one value unless all candidates are equal),
-    until one candidate is left: the answer. If the candidates are all equal, or after
-    ``max_rounds`` rounds, the walk down the sorted row goes on from ``upper``, one value at a
-    time, ties together: up to ``_PEELS`` values by a masked max pass each, then by sorting the
-    values below ``upper`` in ``scratch``.
-    Values are compared by their bits as integers (same order for values ≥ 0, and vectorized);
-    sums are float64.
 
-    ``guess`` > 0 (with ``spread`` ≥ 0): where the answer's value is expected, and its spread in
-    log-value; the first pass counts at two pivots ``_SPREAD`` spreads above and below it. A good
-    guess leaves a few candidates after that one pass; a bad one only costs rounds, never
-    correctness.
-    """
+@numba.njit(fastmath=_FAST)
+def _select(e, target, scratch, max_rounds, upper, top, count, n_in, sum_in):
+    """:func:`keys_for_mass` from where its first pass left it: the ``count`` values at or above
+    ``upper`` sum to ``top``; the ``n_in`` candidates below ``upper``, summing to ``sum_in``, hold
+    the answer. Returns (k, found); found is False when the values ran out before the target
+    (only when it exceeds what ``e`` holds). Values with negative bits (padding) never count."""
     n = e.shape[0]
     bits = e.view(np.int32)
-    upper = _NO_UPPER
-    top = 0.0
-    count = 0
-    n_in = n
-    sum_in = total
     rounds = 0
-    if guess > 0.0 and n > 1:
-        upper, top, count, n_in, sum_in = _bracket(e, bits, target, total, guess, spread)
     while n_in > 1 and rounds < max_rounds:
         rounds += 1
         pivot = _bits_from_float32(np.float32(sum_in / n_in))
@@ -261,14 +347,14 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
             n_in -= m
             sum_in -= above
     if n_in == 1:
-        return count + 1  # the one candidate left reaches the target
+        return count + 1, True  # the one candidate left reaches the target
     for _ in range(_PEELS):
         largest = np.int32(-1)
         for j in range(n):
             b = bits[j]
             largest = max(largest, b if b < upper else np.int32(-1))
         if largest < 0:
-            return count  # no value left: only when the target exceeds the total
+            return count, False  # no value left
         ties = np.int32(0)
         for j in range(n):
             ties = _count_if(ties, bits[j] == largest)
@@ -277,24 +363,70 @@ def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread):
             top += value
             count += 1
             if top >= target:
-                return count
+                return count, True
         upper = largest
     m = 0
     for j in range(n):
         b = bits[j]
         scratch[m] = e[j]
-        m += b < upper
+        m += (b < upper) & (b >= 0)
     ascending = np.sort(scratch[:m])
     for t in range(m - 1, -1, -1):
         top += np.float64(ascending[t])
         count += 1
         if top >= target:
-            return count
-    return count
+            return count, True
+    return count, False
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def keys_for_mass(e, target, total, scratch, max_rounds, guess, spread, band):
+    """The smallest k whose k largest values of ``e`` (float32, ≥ 0, summing to ``total``) sum
+    to at least ``target`` (≤ ``total``), without sorting ``e``.
+
+    The ``count`` values at or above ``upper`` are taken, and their sum ``top`` stays below the
+    target; the candidates are the values below ``upper`` and at or above the last pivot that
+    reached the target (0 at first), so top plus their sum reaches it. Each round
+    counts, in one vectorized pass, the candidates at or above their mean and keeps the side that
+    holds the answer (the mean splits off at least one value unless all candidates are equal),
+    until one candidate is left: the answer. If the candidates are all equal, or after
+    ``max_rounds`` rounds, the walk down the sorted row goes on from ``upper``, one value at a
+    time, ties together: up to ``_PEELS`` values by a masked max pass each, then by sorting the
+    values below ``upper`` in ``scratch``.
+    Values are compared by their bits as integers (same order for values ≥ 0, and vectorized);
+    sums are float64.
+
+    ``guess`` > 0 (with ``spread`` ≥ 0): where the answer's value is expected, and its spread in
+    log-value; the first pass counts at two pivots ``_SPREAD`` spreads above and below it. A good
+    guess leaves a few candidates after that one pass; a bad one only costs rounds, never
+    correctness. ``band``: a buffer of at least ``len(e) + LANES`` values, or an empty array: when
+    that pass leaves at most 1/``_BAND_SHARE`` of the values as candidates, they are copied there
+    (:func:`_compact_band`, one pass) and the rounds read only them. Should they not reach the
+    target after all (float64 rounding of the first pass's sums), the rounds run on ``e``.
+    """
+    n = e.shape[0]
+    bits = e.view(np.int32)
+    lower = np.int32(0)
+    upper = _NO_UPPER
+    top = 0.0
+    count = 0
+    n_in = n
+    sum_in = total
+    if guess > 0.0 and n > 1:
+        lower, upper, top, count, n_in, sum_in = _bracket(e, bits, target, total, guess, spread)
+    if n_in > 1 and n_in * _BAND_SHARE <= n and band.shape[0] >= n + LANES:
+        m = compact_band(bits, lower, upper, band.view(np.int32))
+        padded = (m + LANES - 1) // LANES * LANES
+        k, found = _select(
+            band[:padded], target, scratch, max_rounds, upper, top, count, n_in, sum_in
+        )
+        if found:
+            return k
+    return _select(e, target, scratch, max_rounds, upper, top, count, n_in, sum_in)[0]
 
 
 @numba.njit(fastmath=_FAST, inline="always")
-def _row(row, buffer, scratch, mass, quantile):
+def _row(row, buffer, scratch, band, mass, quantile):
     """The metrics of one row of logits (its visible keys only), using ``buffer`` and ``scratch``
     (each at least ``_PAD`` longer than the row): (entropy, max_attn, p of the row's
     first key, gain_max_attn, gain_entropy, k_eff).
@@ -338,7 +470,7 @@ def _row(row, buffer, scratch, mass, quantile):
     p_max = 1.0 / total  # the largest e is exp(0) = 1 exactly
     spread = math.sqrt(variance)
     guess = math.exp(mean_d + spread * quantile) if math.isfinite(quantile) else 0.0
-    count = keys_for_mass(work, mass * total, total, scratch, _MAX_ROUNDS, guess, spread)
+    count = keys_for_mass(work, mass * total, total, scratch, _MAX_ROUNDS, guess, spread, band)
     return (
         -math.log(p_max) - mean_d,
         p_max,
@@ -372,8 +504,9 @@ def row_metrics(z, mass, quantile, entropy, max_attn, k_eff, sink, gain_max, gai
     for task in numba.prange(tasks):
         e = np.empty(keys + _PAD, np.float32)
         scratch = np.empty(keys + _PAD, np.float32)
+        band = np.empty(keys + _PAD + LANES if COMPACT_BAND else 0, np.float32)
         for r in range(task, rows, tasks):
-            metrics = _row(z[r], e, scratch, mass, quantile)
+            metrics = _row(z[r], e, scratch, band, mass, quantile)
             _store(entropy, max_attn, k_eff, sink, gain_max, gain_ent, 0, r, metrics, True)
 
 
@@ -412,6 +545,7 @@ def attention_metrics(
         z = np.empty((TILE_ROWS, length + LANES), np.float32)
         e = np.empty(length + _PAD, np.float32)
         scratch = np.empty(length + _PAD, np.float32)
+        band = np.empty(length + _PAD + LANES if COMPACT_BAND else 0, np.float32)
         for tile in range(task, tiles, tasks):  # interleaved: every task gets short and long rows
             a = tile // tiles_per_head
             first = (tile - a * tiles_per_head) * TILE_ROWS
@@ -425,5 +559,5 @@ def attention_metrics(
             for i in range(first, last):
                 hi = i + 1
                 lo = max(0, hi - window) if window > 0 else 0
-                metrics = _row(z[i - first, lo:hi], e, scratch, mass, quantile)
+                metrics = _row(z[i - first, lo:hi], e, scratch, band, mass, quantile)
                 _store(entropy, max_attn, k_eff, sink, gain_max, gain_ent, a, i, metrics, lo == 0)
