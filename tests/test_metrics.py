@@ -254,8 +254,9 @@ def test_keys_for_mass_is_exact_whatever_the_guess(row, guess, spread, max_round
     # Filled with the answer's value, so that anything read beyond what the copy wrote would
     # count as a candidate.
     band_buffer = np.full(len(values) + LANES if band else 0, answer)
-    got = keys_for_mass(values, target, total, scratch, max_rounds, guess, spread, band_buffer)
+    got, summed = keys_for_mass(values, mass, scratch, max_rounds, guess, spread, band_buffer)
     assert got == _sorted_walk(values, target)
+    assert summed == pytest.approx(total, rel=1e-15)
 
 
 @pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 47, 64, 300])
@@ -320,6 +321,32 @@ def test_kernels_use_512_bit_vectors_where_the_cpu_has_them_unless_numba_is_told
     own = features(NUMBA_CPU_FEATURES=default["host"])
     assert own["wide"] is None
     assert own["compiled_with"] == default["host"]
+
+
+@pytest.mark.parametrize("keys", [512, 8192, 32768])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 3.0])
+def test_cpu_kernel_is_float32_accurate_on_long_rows(keys, scale):
+    """The kernel's moments are float32 sums: on long rows, from near-uniform (where the variance
+    is a small difference of large terms) to peaked, the entropy and the gains stay within a few
+    float32 roundings of a float64 recomputation, and k_eff (float64 sums) is exact."""
+    z = np.random.default_rng(keys).normal(scale=scale, size=(16, keys)).astype(np.float32)
+    got = _row_metrics_cpu(torch.from_numpy(z), 0.9)
+    zd = z.astype(np.float64)
+    p = np.exp(zd - zd.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    mean = (p * zd).sum(axis=1)
+    np.testing.assert_allclose(got.entropy, -(p * np.log(p)).sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(got.max_attn, p.max(axis=1), rtol=1e-6)
+    # Tiny weights carry the float32 rounding of z − z_max (2e-6 of a logit 18 below the max).
+    np.testing.assert_allclose(got.sink_attn, p[:, 0], rtol=1e-6, atol=1e-12)
+    gain_max = p.max(axis=1) * (zd.max(axis=1) - mean)
+    np.testing.assert_allclose(got.gain_max_attn, gain_max, rtol=2e-6)
+    variance = (p * (zd - mean[:, None]) ** 2).sum(axis=1)
+    np.testing.assert_allclose(-got.gain_entropy, variance, rtol=2e-5)
+    top = np.cumsum(-np.sort(-p, axis=1), axis=1)
+    expected = (top < 0.9 - 1e-6).sum(axis=1) + 1
+    near = np.abs(top - 0.9).min(axis=1) < 1e-6  # float32 e may fall on either side there
+    np.testing.assert_array_equal(got.k_eff.numpy()[~near], expected[~near])
 
 
 def test_fused_cpu_kernel_equals_torch_on_causal_blocks():
