@@ -65,8 +65,9 @@ def _prefer_512_bit_vectors() -> str | None:
 
 WIDE_VECTOR_FEATURES = _prefer_512_bit_vectors()
 # Whether the kernels copy k_eff's candidates to a buffer of their own (keys_for_mass): with
-# AVX-512 the copy is one compress instruction per vector; elsewhere LLVM's generic code for it
-# costs more than the passes it saves.
+# AVX-512 the copy is one compress instruction per vector; elsewhere LLVM expands it to scalar
+# code, and a scalar copy measured 0.75 ns per key, more than the passes it saves
+# (benchmarks/RESULTS.md). keys_for_mass is correct either way (tested with and without).
 COMPACT_BAND = "+avx512f" in (_config.CPU_FEATURES or _codegen.get_host_cpu_features()).split(",")
 
 _DMIN = np.float32(-1e15)  # d is clamped here first, so e · d stays 0 · finite for masked keys
@@ -196,6 +197,9 @@ def _compact_band(typingctx, src, lower, upper, dst):
     elsewhere) and an unaligned store of the whole vector at ``dst[m]``, so ``dst`` may be
     written up to its ``len(src) // LANES * LANES``-th element. ``src``, ``dst``: contiguous 1-D
     int32 arrays; ``lower``, ``upper``: int32."""
+    for array in (src, dst):
+        if not (isinstance(array, types.Array) and array.ndim == 1 and array.dtype == types.int32):
+            return None  # a typing error: only 1-D int32 arrays
     sig = types.intp(src, lower, upper, dst)
 
     def codegen(context, builder, signature, args):
