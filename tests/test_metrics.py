@@ -295,20 +295,12 @@ def test_kernels_use_512_bit_vectors_where_the_cpu_has_them_unless_numba_is_told
     """LLVM tunes most AVX-512 CPUs to prefer 256-bit vectors; the kernels' code generator is
     told not to (benchmarks/RESULTS.md), and a user's NUMBA_CPU_FEATURES stands."""
     import json
-    import os
-    import subprocess
-    import sys
+
+    from tests.helpers import run_python
 
     def features(**env):
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-        result = subprocess.run(
-            [sys.executable, "-c", KERNEL_FEATURES],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**environment, **env},
-        )
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        output = run_python(KERNEL_FEATURES, drop=("NUMBA_CPU",), **env)
+        return json.loads(output.strip().splitlines()[-1])
 
     default = features()
     avx512 = "+avx512f" in default["host"].split(",")

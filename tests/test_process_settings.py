@@ -4,12 +4,12 @@ thresholds (see spectra_attn/__init__.py), each left alone where the user set th
 from __future__ import annotations
 
 import json
-import os
 import platform
-import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import run_python
 
 # Allocates and touches eight 8 MiB blocks, then frees them, ten times; counts the page faults of
 # the last nine times.
@@ -40,17 +40,8 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
 def run(mode: str, **env) -> dict:
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "SPECTRA_MALLOC"))
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", FAULTS, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**environment, **env},
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    output = run_python(FAULTS, mode, drop=("MALLOC_", "SPECTRA_MALLOC"), **env)
+    return json.loads(output.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not GLIBC, reason="the malloc thresholds are glibc's")
@@ -73,16 +64,7 @@ def test_freed_blocks_stay_in_the_process_instead_of_faulting_in_again():
 
 def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
     code = "import os, spectra_attn; print(os.environ['OMP_WAIT_POLICY'])"
-    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    default = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment
-    )
-    assert default.stdout.strip() == "PASSIVE"
-    own = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**environment, "OMP_WAIT_POLICY": "ACTIVE"},
-    )
-    assert own.stdout.strip() == "ACTIVE"
+    default = run_python(code, drop=("OMP_WAIT_POLICY",))
+    assert default.strip() == "PASSIVE"
+    own = run_python(code, drop=("OMP_WAIT_POLICY",), OMP_WAIT_POLICY="ACTIVE")
+    assert own.strip() == "ACTIVE"

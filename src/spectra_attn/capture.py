@@ -248,6 +248,7 @@ class AttentionRecorder:
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self._recorded = {m.layer_idx for m in self.modules}
+        self._last_recorded = max(self._recorded, default=None)
         self._pre_rope: dict[tuple[int, str], torch.Tensor] = {}
         self._handles: list[Any] = []
         self._token: contextvars.Token | None = None
@@ -306,7 +307,7 @@ class AttentionRecorder:
             query = query[:, self.heads]
             key = key[:, [head // groups for head in self.heads]]
         self.record(layer, query, key, scaling, sliding_window)
-        if self.stop_when_done and len(self.layers) == len(self._recorded):
+        if self.stop_when_done and layer == self._last_recorded:
             raise RecordingComplete
 
     def record(

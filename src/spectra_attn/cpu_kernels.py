@@ -43,7 +43,7 @@ from numba.core import config as _config
 from numba.extending import intrinsic
 
 
-def _prefer_512_bit_vectors() -> str | None:
+def _prefer_512_bit_vectors(host_features: str) -> str | None:
     """On a CPU with AVX-512, compile with 512-bit vectors (returns the features used, or None).
 
     LLVM tunes most Intel CPUs with AVX-512 (Skylake-X to Sapphire Rapids, Rocket Lake) to prefer
@@ -55,20 +55,20 @@ def _prefer_512_bit_vectors() -> str | None:
     (Numba creates its code generator once, at the first compilation)."""
     if _config.CPU_NAME is not None or _config.CPU_FEATURES is not None:
         return None
-    features = _codegen.get_host_cpu_features()
-    if "+avx512f" not in features.split(","):
+    if "+avx512f" not in host_features.split(","):
         return None
     # Set in numba.config itself: its reload before each compilation keeps such a value.
-    _config.CPU_FEATURES = f"{features},-prefer-256-bit"
+    _config.CPU_FEATURES = f"{host_features},-prefer-256-bit"
     return _config.CPU_FEATURES
 
 
-WIDE_VECTOR_FEATURES = _prefer_512_bit_vectors()
+_HOST_FEATURES = _codegen.get_host_cpu_features()
+WIDE_VECTOR_FEATURES = _prefer_512_bit_vectors(_HOST_FEATURES)
 # Whether the kernels copy k_eff's candidates to a buffer of their own (keys_for_mass): with
 # AVX-512 the copy is one compress instruction per vector; elsewhere LLVM expands it to scalar
 # code, and a scalar copy measured 0.75 ns per key, more than the passes it saves
 # (benchmarks/RESULTS.md). keys_for_mass is correct either way (tested with and without).
-COMPACT_BAND = "+avx512f" in (_config.CPU_FEATURES or _codegen.get_host_cpu_features()).split(",")
+COMPACT_BAND = "+avx512f" in (_config.CPU_FEATURES or _HOST_FEATURES).split(",")
 
 _DMIN = np.float32(-1e15)  # d is clamped here first, so e · d stays 0 · finite for masked keys
 _EXP_MIN = np.float32(-87.0)
