@@ -167,6 +167,7 @@ rule plots:
 
 rule describe_config:
     input:
+        finished=finished_outputs,
         code=package_code("describe_config"),
     output:
         text=report(

@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 # Importing the package also sets OMP_WAIT_POLICY for the jobs (see spectra_attn/__init__.py).
 from spectra_attn import config as spectra_config
 from spectra_attn import preflight
+from spectra_attn import shards as spectra_shards
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
 from spectra_attn.gates import ATLAS_TOLERANCES, CHECKS
 from spectra_attn.samples import sample_ranges
@@ -29,6 +30,11 @@ if workflow.is_main_process and (problems := preflight.problems(config)):
     )
 
 RUN = f"results/{config['run_name']}"
+# make_shards writes into a folder named by what the shards are made from (data keys, tokenizer,
+# demo settings): a changed value writes beside finished shards, never over them, so a bad value
+# that fails inside the job costs nothing, and going back finds them as they were. The run's
+# results/<run>/data/ holds links to the shards in use (publish_shards).
+SHARD_STORE = str(spectra_shards.store_dir(config))
 LOGS = f"{RUN}/logs"
 BENCHMARKS = f"{RUN}/benchmarks"
 PACKAGE = Path(workflow.basedir) / "src" / "spectra_attn"
@@ -78,8 +84,7 @@ def model_path(wildcards, input):
 def tokenizer_settings():
     """What identifies the tokenizer that makes the shards (a recorded param, like
     model_settings(); it is loaded from model_path)."""
-    keys = ("name_or_path", "revision", "trust_remote_code")
-    return {key: config["model"][key] for key in keys}
+    return spectra_shards.tokenizer_settings(config)
 
 
 def model_settings():
@@ -117,7 +122,14 @@ def shard_settings():
     """The data keys that define the shards (params, and so the cache key: a change remakes
     them). data.tokenize_batch_size only sets how many documents are tokenized at once: it
     reaches make_shards as a resource and remakes nothing."""
-    return {k: v for k, v in config["data"].items() if k != "tokenize_batch_size"}
+    return spectra_shards.shard_settings(config)
+
+
+def required_sequences():
+    """The most sequences any sample count asks of the shards. make_shards refuses to finish
+    with fewer (the shards it would leave could not serve the run); a resource, not a param, so
+    changing a sample count neither remakes the shards nor changes their cache key."""
+    return max(spectra_config.sample_counts(config).values())
 
 
 def capture_settings():
@@ -230,7 +242,7 @@ def final_outputs(wildcards):
     """Everything the default target builds (an input function: with intervention.select: auto
     the heads are known only after the capture)."""
     outputs = [
-        rules.make_shards.output.manifest,
+        rules.publish_shards.output.manifest,
         rules.capture_samples.output.samples,
         *capture_parts(),
         *intervention_outputs(),
@@ -242,3 +254,10 @@ def final_outputs(wildcards):
     if config["capture"]["export_csv"]:
         outputs.append(rules.export_capture_csv.output.csv)
     return outputs
+
+
+def finished_outputs(wildcards):
+    """Every output of the run but the configuration's description, which is written after
+    them: it must describe a configuration that ran, not one that failed on the way."""
+    described = rules.describe_config.output.text
+    return [path for path in final_outputs(wildcards) if path != described]

@@ -1,5 +1,6 @@
 # Stage 1: raw SlimPajama text → documents of the kept sources → tokens → fixed-length chunks in
-# results/<run>/data/shards/shard_NNNN.npz, with a manifest of counts, tokenizer and checksums.
+# resources/shards/<settings digest>/shards/shard_NNNN.npz, with a manifest of counts, tokenizer
+# and checksums, linked into results/<run>/data/.
 
 
 # The one rule without its package modules as inputs (package_code): an edit of corpus.py must not
@@ -31,8 +32,8 @@ rule make_shards:
         model=model_inputs(),
         code=package_code("make_shards"),
     output:
-        shards=directory(f"{RUN}/data/shards"),
-        manifest=f"{RUN}/data/manifest.json",
+        shards=directory(f"{SHARD_STORE}/shards"),
+        manifest=f"{SHARD_STORE}/manifest.json",
     log:
         f"{LOGS}/make_shards.log",
     cache: True
@@ -41,6 +42,7 @@ rule make_shards:
     threads: 2
     resources:
         tokenize_batch_size=config["data"]["tokenize_batch_size"],
+        required_sequences=required_sequences(),
     params:
         source=corpus_dir,
         split=config["data"]["split"],
@@ -49,3 +51,23 @@ rule make_shards:
         data=shard_settings(),
     script:
         "../workflow_scripts/make_shards.py"
+
+
+# The shards in use, where the run's other outputs are: links to make_shards' files (no copy).
+# Nothing reads them back (the model jobs read make_shards' outputs), so publishing again never
+# reruns anything.
+rule publish_shards:
+    input:
+        shards=rules.make_shards.output.shards,
+        manifest=rules.make_shards.output.manifest,
+        code=package_code("publish_shards"),
+    output:
+        shards=directory(f"{RUN}/data/shards"),
+        manifest=f"{RUN}/data/manifest.json",
+    log:
+        f"{LOGS}/publish_shards.log",
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/publish_shards.py"

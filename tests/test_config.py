@@ -242,3 +242,38 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     bad.write_text("a: [\n")
     assert main(["config", "show", "--configfile", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def integer_keys(schema, prefix=""):
+    """Every key the schema types as an integer (list items as [0])."""
+    for key, sub in schema.get("properties", {}).items():
+        yield from integer_keys(sub, f"{prefix}{key}.")
+        if "integer" in (
+            [sub.get("type")] if isinstance(sub.get("type"), str) else sub.get("type") or []
+        ):
+            yield f"{prefix}{key}"
+    if "items" in schema:
+        yield from integer_keys(schema["items"], f"{prefix.rstrip('.')}[0].")
+
+
+def test_whole_number_floats_are_not_integers():
+    """JSON Schema counts 8.0 as an integer; range(8.0) raises and a layer 2.0 makes the path
+    L2.0_H0, so every integer key refuses a float with a word, before any job."""
+    keys = list(integer_keys(spectra_config.load_schema()))
+    assert {"capture.n_samples", "intervention.heads[0].layer", "data.max_sequences"} <= set(keys)
+    base = spectra_config.load(["config.yaml"])
+    for key in keys:
+        overlay: dict = {}
+        node, parts = overlay, key.replace("[0]", "").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if "[0]" in key:  # a key of the heads' entries: one entry with it as a float
+            head = {**base["intervention"]["heads"][0], parts[-1]: 2.0}
+            overlay = {"intervention": {"heads": [head, base["intervention"]["heads"][1]]}}
+        else:
+            node[parts[-1]] = 8.0
+        with pytest.raises(spectra_config.ConfigError) as error:
+            spectra_config.validate(spectra_config.deep_merge(base, overlay))
+        assert "is not an integer (write " in str(error.value), key
+    fine = spectra_config.deep_merge(base, {"capture": {"k_eff_threshold": 1}})
+    spectra_config.validate(fine)  # a number may be written as an integer

@@ -112,3 +112,51 @@ def test_sigterm_runs_the_cleanup(tmp_path):
     assert result.returncode == 143
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.log"]
     assert "terminated by signal 15" in (tmp_path / "job.log").read_text()
+
+
+def test_a_full_disk_is_named_as_such_in_the_log_and_on_stderr(tmp_path):
+    """A real ENOSPC (writing /dev/full) reaches the user as a sentence saying what happened and
+    what to do, not only as a raw OSError, and the earlier output is intact."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "out.txt").write_text("finished")
+    script = textwrap.dedent(
+        f"""
+        import shutil
+        from spectra_attn.io import atomic_path
+        from spectra_attn.workflow import setup_logging
+        setup_logging({str(tmp_path / "job.log")!r})
+        with atomic_path({str(tmp_path / "out.txt")!r}) as tmp:
+            with open("/dev/full", "wb") as full:
+                full.write(b"x" * 65536)
+                full.flush()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "spectra: no space left on the device" in result.stderr
+    assert "then run the same snakemake command again" in (tmp_path / "job.log").read_text()
+    assert (tmp_path / "out.txt").read_text() == "finished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.log", "out.txt"]
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (OSError(28, "No space left on device", "results/x.parquet"), "no space left"),
+        (OSError(122, "Disk quota exceeded", "results/x.parquet"), "no space left"),
+        (PermissionError(13, "Permission denied", "results/x.parquet"), "cannot write"),
+        (OSError(30, "Read-only file system", "results/x.parquet"), "cannot write"),
+    ],
+)
+def test_environment_faults_are_explained(error, words):
+    from spectra_attn.workflow import explain_environment_error
+
+    explained = explain_environment_error(error)
+    assert explained.startswith(words) and "results/x.parquet" in explained
+    assert explain_environment_error(FileNotFoundError(2, "No such file", "x")) is None
+    assert explain_environment_error(ValueError("bad")) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -85,11 +86,110 @@ def test_model_folders(tmp_path):
     assert any("is a GPT2LMHeadModel (model_type 'gpt2')" in p for p in problems(pickled))
     typo = spectra_config.deep_merge(pickled, {"model": {"name_or_path": "resources/demo/modle"}})
     assert problems(typo) == [
-        "config key 'model.name_or_path': 'resources/demo/modle' is not a folder, and not a hub "
-        "id (org/name) either"
+        "config key 'model.name_or_path': 'resources/demo/modle' is not a folder (nothing at "
+        f"{Path('resources/demo/modle').absolute()}), and not a hub id (org/name) either"
     ]
     hub = spectra_config.deep_merge(pickled, {"model": {"name_or_path": "meta-llama/Llama-3-8B"}})
-    assert problems(hub) == []  # looked up by its job
+    asked = []
+
+    def usable(*question):
+        asked.append(question)
+
+    assert problems(hub, hub_lookup=usable) == []  # its job loads it
+    assert asked == [("meta-llama/Llama-3-8B", "model", None, "model.name_or_path")]
+
+
+def test_hub_ids_that_cannot_be_used_are_refused_naming_the_key(tmp_path, monkeypatch):
+    """A missing relative folder that looks like org/name (models/llama3, data/slimpajama) is
+    read as a hub id and asked of the hub: one short request, refused here at once (no network)
+    or in HF_HUB_OFFLINE mode without a request, and the message names the key and says how to
+    write a local path."""
+    monkeypatch.chdir(tmp_path)
+    config = configured(tmp_path)
+    model = spectra_config.deep_merge(config, {"model": {"name_or_path": "models/llama3"}})
+    data = spectra_config.deep_merge(config, {"data": {"source": "data/slimpajama"}})
+    for overlay, key, kind in (
+        (model, "model.name_or_path", "model"),
+        (data, "data.source", "dataset"),
+    ):
+        (found,) = problems(overlay)
+        assert found.startswith(
+            f"config key '{key}': '{overlay_value(overlay, key)}' is not a path"
+        )
+        assert f"read as a Hugging Face hub {kind} id" in found
+        assert "write its path starting with ./ or /" in found
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    (found,) = problems(model)
+    assert "not in the local hub cache, and HF_HUB_OFFLINE is set" in found
+    # Written as a path, or beside an existing first folder, it is a missing local folder.
+    (tmp_path / "models").mkdir()
+    (found,) = problems(model)
+    assert "is not a folder (nothing at" in found
+    local = spectra_config.deep_merge(config, {"model": {"name_or_path": "./elsewhere/llama3"}})
+    (found,) = problems(local)
+    assert "is not a folder (nothing at" in found
+
+
+def overlay_value(config, key):
+    section, name = key.split(".")
+    return config[section][name]
+
+
+def test_hub_lookup_is_one_short_request(monkeypatch):
+    """The hub is asked once with a timeout (no retries), and its answers become messages."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from spectra_attn import hub
+
+    calls = []
+
+    class Api:
+        def repo_info(self, repo_id, **options):
+            calls.append((repo_id, options))
+            # built without its HTTP response, which the message does not use
+            raise RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+
+    monkeypatch.setattr("huggingface_hub.HfApi", Api)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    found = hub.repo_problem("org/missing", "model", "main", "model.name_or_path")
+    assert "the hub has no model of that name" in found, found
+    assert calls == [
+        ("org/missing", {"repo_type": "model", "revision": "main", "timeout": hub.TIMEOUT_S})
+    ]
+    Api.repo_info = lambda self, repo_id, **options: None
+    assert hub.repo_problem("org/present", "model", None, "model.name_or_path") is None
+
+
+def test_sample_counts_are_checked_against_what_the_shards_hold(tmp_path, monkeypatch):
+    """data.max_sequences is a maximum: a small corpus yields fewer. Once the shards of these data
+    settings exist, every sample count is checked against their manifest, before any job."""
+    from spectra_attn.shards import store_dir
+
+    monkeypatch.chdir(tmp_path)
+    config = configured(tmp_path)
+    manifest = store_dir(config) / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"sequences": 16}))
+    assert problems(config) == []  # capture.n_samples: 16
+    more = spectra_config.deep_merge(config, {"capture": {"n_samples": 17}})
+    assert problems(more) == [
+        f"config key 'capture.n_samples': 17 sequences, but the shards of these data settings "
+        f"({manifest}) hold only 16: the corpus yields no more; lower capture.n_samples to at "
+        "most 16, or give data.source more text"
+    ]
+    # Other data settings make other shards: their count is not known before they are made.
+    other = spectra_config.deep_merge(more, {"data": {"prepend_bos": False}})
+    assert store_dir(other) != store_dir(more)
+    assert problems(other) == []
+
+
+def test_demo_corpus_split_is_checked_before_it_is_built():
+    demo = spectra_config.load(["config.yaml"])
+    typo = spectra_config.deep_merge(demo, {"data": {"split": "tset"}})
+    assert problems(typo) == [
+        "config key 'data.split': the demo corpus has no split 'tset'; it has train, "
+        "validation, test"
+    ]
 
 
 def test_demo_settings_are_checked_before_the_demo_model_is_built():

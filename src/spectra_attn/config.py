@@ -53,6 +53,19 @@ def _fill_defaults(instance: dict[str, Any], schema: Mapping[str, Any]) -> None:
             _fill_defaults(instance[key], subschema)
 
 
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema counts 8.0 as an integer; Python code does not (``range(8.0)`` raises, and a
+    head 2.0 becomes the path ``L2.0_H0``), so a configuration's integers must be written as
+    integers."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_STRICT_VALIDATOR = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = []
     for part in error.absolute_path:
@@ -70,6 +83,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
             f"unknown configuration key(s) {', '.join(repr(u) for u in unexpected)} {where}; "
             f"allowed keys: {', '.join(allowed)}"
         )
+    if (
+        error.validator == "type"
+        and isinstance(error.instance, float)
+        and "integer" in str(error.validator_value)
+    ):
+        whole = f" (write {int(error.instance)})" if error.instance.is_integer() else ""
+        return f"config key '{key}': {error.instance!r} is not an integer{whole}"
     return f"config key '{key}': {error.message}"
 
 
@@ -116,7 +136,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     schema = load_schema()
     instance = copy.deepcopy(dict(config))
     _fill_defaults(instance, schema)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _STRICT_VALIDATOR(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     problems = [_describe(e) for e in errors] or _head_problems(instance)
     if problems:
@@ -145,6 +165,22 @@ def uses_demo_model(config: Mapping[str, Any]) -> bool:
 
 def uses_demo_corpus(config: Mapping[str, Any]) -> bool:
     return Path(config["data"]["source"]) == Path(DEMO_CORPUS_PATH)
+
+
+def sample_counts(config: Mapping[str, Any]) -> dict[str, int]:
+    """How many sequences each configuration key asks of the shards (the heads' own counts only
+    with explicit selection: automatic selection chooses heads after the capture)."""
+    intervention = config["intervention"]
+    wanted = {
+        "capture.n_samples": config["capture"]["n_samples"],
+        "intervention.n_samples": intervention["n_samples"],
+        "intervention.check_samples": intervention["check_samples"],
+    }
+    if intervention["select"] == "explicit":
+        for index, entry in enumerate(intervention["heads"]):
+            if "n_samples" in entry:
+                wanted[f"intervention.heads[{index}].n_samples"] = entry["n_samples"]
+    return wanted
 
 
 def describe(config: Mapping[str, Any]) -> str:

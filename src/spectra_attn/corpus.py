@@ -65,9 +65,20 @@ def natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.as_posix())]
 
 
+LOCAL_PREFIXES = ("./", "../", "/", "~")
+
+
 def is_hub_id(source: str) -> bool:
-    """A source that is not an existing directory and looks like ``org/name`` is a hub id."""
-    return not Path(source).exists() and bool(HUB_ID_PATTERN.match(source))
+    """Whether ``source`` (data.source, model.name_or_path) names a Hugging Face hub repository.
+
+    Local, never a hub id: an existing path; a path written as one (starting with ``./``,
+    ``../``, ``/`` or ``~``); a relative path whose first folder exists here (``models/llama3``
+    beside a ``models/`` folder is a missing local folder, not an organisation). Anything else
+    of the form ``org/name`` is a hub id.
+    """
+    if source.startswith(LOCAL_PREFIXES) or Path(source).exists():
+        return False
+    return bool(HUB_ID_PATTERN.match(source)) and not Path(source.split("/")[0]).is_dir()
 
 
 def hub_cache_dir(source: str, split: str, cache_root: str | Path = "resources/datasets") -> Path:

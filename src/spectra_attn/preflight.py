@@ -1,53 +1,73 @@
 """What can be checked of a run before any job starts, beyond the schema: that there will be
 enough sequences, that the model folder exists, holds safetensors weights, is an architecture
-capture reads, has the intervened heads and a long enough context, and that the corpus has the
-split. Snakemake removes a job's outputs before running it, so a value that would only fail inside
-a job (after the shards, the demo model or a sweep were removed) is caught here instead.
+capture reads, has the intervened heads and a long enough context, that the corpus has the
+split, and that a hub id can be used from here. Snakemake removes a job's outputs before running
+it, so a value that would only fail inside a job (after the shards, the demo model or a sweep
+were removed) is caught here instead.
 
-Only files are read (a model's ``config.json``, a corpus folder's names): no torch, no network.
-A hub id is not looked up; its job checks it.
+Files are read (a model's ``config.json``, a corpus folder's names, the shards' manifest), no
+torch. A hub id is asked of the local hub cache or, failing that, of the hub in one short
+request (``spectra_attn.hub``); nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from spectra_attn import hub
 from spectra_attn.columns import SUPPORTED_MODEL_TYPES
-from spectra_attn.config import uses_demo_corpus, uses_demo_model
-from spectra_attn.corpus import CorpusError, find_split_files, is_hub_id
+from spectra_attn.config import sample_counts, uses_demo_corpus, uses_demo_model
+from spectra_attn.corpus import CorpusError, find_split_files, hub_cache_dir, is_hub_id
+from spectra_attn.demo_corpus import SPLITS as DEMO_SPLITS
+from spectra_attn.shards import store_dir
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+# (repo id, "model" or "dataset", revision, config key) → why it cannot be used, or None.
+HubLookup = Callable[[str, str, str | None, str], str | None]
 
 
-def problems(config: Mapping[str, Any]) -> list[str]:
+def problems(config: Mapping[str, Any], hub_lookup: HubLookup = hub.repo_problem) -> list[str]:
     """Every problem found, each naming the configuration key; empty when there is none."""
-    return [*_sample_counts(config), *_model(config), *_corpus(config)]
+    return [
+        *_sample_counts(config),
+        *_model(config, hub_lookup),
+        *_corpus(config, hub_lookup),
+    ]
 
 
 def _sample_counts(config: Mapping[str, Any]) -> list[str]:
+    """Each sample count against data.max_sequences, and against what the shards made with
+    these settings hold when they exist (a corpus can yield fewer sequences than the maximum)."""
     available = config["data"]["max_sequences"]
-    intervention = config["intervention"]
-    wanted = {
-        "capture.n_samples": config["capture"]["n_samples"],
-        "intervention.n_samples": intervention["n_samples"],
-        "intervention.check_samples": intervention["check_samples"],
-    }
-    if intervention["select"] == "explicit":
-        for index, entry in enumerate(intervention["heads"]):
-            if "n_samples" in entry:
-                wanted[f"intervention.heads[{index}].n_samples"] = entry["n_samples"]
-    return [
+    wanted = sample_counts(config)
+    found = [
         f"config key '{key}': {count} sequences, but data.max_sequences={available} makes at "
         f"most {available} (raise data.max_sequences or lower {key})"
         for key, count in wanted.items()
         if count > available
     ]
+    manifest = store_dir(config) / "manifest.json"
+    if found or not manifest.is_file():
+        return found
+    try:
+        made = int(json.loads(manifest.read_text())["sequences"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return found  # its job reads it and names what is wrong
+    return [
+        f"config key '{key}': {count} sequences, but the shards of these data settings "
+        f"({manifest}) hold only {made}: the corpus yields no more; lower {key} to at most "
+        f"{made}, or give data.source more text"
+        for key, count in wanted.items()
+        if count > made
+    ]
 
 
-def _model_shape(config: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+def _model_shape(
+    config: Mapping[str, Any], hub_lookup: HubLookup
+) -> tuple[dict[str, Any] | None, list[str]]:
     """The model's config.json (or the demo's settings), or None when it cannot be read here."""
     name = config["model"]["name_or_path"]
     if uses_demo_model(config):
@@ -59,12 +79,13 @@ def _model_shape(config: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list
             return None, [f"config key 'demo': {error}"]
         return {"model_type": "llama", **config["demo"]}, []
     folder = Path(name)
-    if is_hub_id(name):
-        return None, []  # its job loads (or downloads) it
+    if is_hub_id(name):  # its job loads (or downloads) it
+        problem = hub_lookup(name, "model", config["model"]["revision"], "model.name_or_path")
+        return None, [problem] if problem else []
     if not folder.exists():
         return None, [
-            f"config key 'model.name_or_path': {name!r} is not a folder, and not a hub id "
-            "(org/name) either"
+            f"config key 'model.name_or_path': {name!r} is not a folder (nothing at "
+            f"{folder.absolute()}), and not a hub id (org/name) either"
         ]
     if not folder.is_dir():
         return None, [f"config key 'model.name_or_path': {name!r} is not a folder"]
@@ -84,8 +105,8 @@ def _model_shape(config: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list
     return shape, found
 
 
-def _model(config: Mapping[str, Any]) -> list[str]:
-    shape, found = _model_shape(config)
+def _model(config: Mapping[str, Any], hub_lookup: HubLookup) -> list[str]:
+    shape, found = _model_shape(config, hub_lookup)
     if shape is None:
         return found
     name = config["model"]["name_or_path"]
@@ -120,10 +141,20 @@ def _model(config: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _corpus(config: Mapping[str, Any]) -> list[str]:
+def _corpus(config: Mapping[str, Any], hub_lookup: HubLookup) -> list[str]:
     source, split = config["data"]["source"], config["data"]["split"]
-    if uses_demo_corpus(config) or is_hub_id(source):
+    if uses_demo_corpus(config):
+        if split not in DEMO_SPLITS:
+            return [
+                f"config key 'data.split': the demo corpus has no split {split!r}; it has "
+                f"{', '.join(DEMO_SPLITS)}"
+            ]
         return []
+    if is_hub_id(source):
+        if hub_cache_dir(source, split).is_dir():
+            return []  # downloaded already
+        problem = hub_lookup(source, "dataset", None, "data.source")
+        return [problem] if problem else []
     try:
         find_split_files(source, split)
     except CorpusError as error:

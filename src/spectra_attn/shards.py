@@ -9,8 +9,11 @@ the remainder after the last full chunk is dropped. Shards hold ``input_ids`` (i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
 import zipfile
 from collections import Counter
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from spectra_attn import __version__
+from spectra_attn.config import uses_demo_corpus, uses_demo_model
 from spectra_attn.corpus import (
     CorpusError,
     Document,
@@ -36,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 SHARD_KEY = "input_ids"
 SHARD_DTYPE = np.int32
+# Where make_shards writes: one folder per set of settings that define the shards, so that a
+# changed setting writes beside the finished shards instead of over them (Snakemake removes a
+# job's outputs before it runs it: a bad value caught inside the job would cost the shards).
+STORE_ROOT = "resources/shards"
 
 
 class ShardError(ValueError):
@@ -70,13 +78,74 @@ class ShardSpec:
     prepend_bos: bool
 
 
+def shard_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The data keys that define the shards. data.tokenize_batch_size only sets how many
+    documents are tokenized at once, so it is left out: changing it remakes nothing."""
+    return {k: v for k, v in config["data"].items() if k != "tokenize_batch_size"}
+
+
+def tokenizer_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies the tokenizer that makes the shards."""
+    keys = ("name_or_path", "revision", "trust_remote_code")
+    return {key: config["model"][key] for key in keys}
+
+
+def store_key(config: Mapping[str, Any]) -> str:
+    """A digest of everything the shards are made from: the data keys, the tokenizer's identity,
+    and, where the workflow builds them, the demo corpus's and demo model's settings (their
+    folders keep one name whatever they hold)."""
+    made_from: dict[str, Any] = {
+        "data": shard_settings(config),
+        "tokenizer": tokenizer_settings(config),
+    }
+    if uses_demo_corpus(config) or uses_demo_model(config):
+        made_from["seed"] = config["seed"]
+    if uses_demo_model(config):
+        made_from["demo"] = config["demo"]
+    encoded = json.dumps(made_from, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def store_dir(config: Mapping[str, Any]) -> Path:
+    """The folder make_shards writes the shards of ``config`` into (``shards/``, manifest.json)."""
+    return Path(STORE_ROOT) / store_key(config)
+
+
+def publish(
+    manifest_path: str | Path, out_dir: str | Path, out_manifest: str | Path
+) -> dict[str, Any]:
+    """Make the shards a manifest lists visible at ``out_dir`` / ``out_manifest`` (the run's
+    results/<run>/data/): each file a hard link to the store's (no copy, no extra space; a copy
+    where links cannot be made, e.g. across file systems), the manifest a copy naming where the
+    shards were made. Atomic: the old published shards stay until the new ones are complete.
+    """
+    manifest_path, out_dir, out_manifest = Path(manifest_path), Path(out_dir), Path(out_manifest)
+    manifest = read_manifest(manifest_path)
+    source_dir = manifest_path.parent / manifest.get("shards_dir", "shards")
+    with atomic_dir(out_dir) as tmp:
+        for entry in manifest["shards"]:
+            source = (source_dir / entry["file"]).resolve()  # a cache link: its target
+            try:
+                os.link(source, tmp / entry["file"])
+            except OSError:
+                shutil.copy2(source, tmp / entry["file"])
+    published = {
+        **manifest,
+        "shards_dir": os.path.relpath(out_dir, out_manifest.parent),
+        "made_in": str(manifest_path.parent),
+    }
+    write_json(out_manifest, published)
+    logger.info(
+        "published %d shards of %s at %s", len(manifest["shards"]), manifest_path.parent, out_dir
+    )
+    return published
+
+
 def load_tokenizer(
     name_or_path: str, revision: str | None = None, trust_remote_code: bool = False
 ) -> tuple[Any, TokenizerInfo]:
     """Load the model's tokenizer and describe it. The model's vocabulary size and maximum context
     come from its config (the embedding matrix, not the tokenizer, bounds valid ids)."""
-    import hashlib
-
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -222,11 +291,13 @@ def make_shards(
     prepend_bos: bool = True,
     batch_size: int = 256,
     on_bad_record: str = "skip",
+    min_sequences: int = 1,
 ) -> dict[str, Any]:
     """Tokenize and chunk the documents of ``files`` into shards under ``out_dir``.
 
     The shards are written into a temporary sibling directory that replaces ``out_dir`` only when
-    every shard is written and validated. Returns the manifest's statistics section.
+    every shard is written and validated, and when they hold at least ``min_sequences`` sequences
+    (what the configuration's sample counts ask for). Returns the manifest's statistics section.
     """
     include = set(include_sources)
     out_dir = Path(out_dir)
@@ -288,6 +359,14 @@ def make_shards(
                 f"the kept documents hold {sum(used_tokens.values())} tokens, too few for one "
                 f"sequence of {context_length}"
             )
+        if rows_written < min_sequences:
+            raise CorpusError(
+                f"the corpus yields {rows_written} sequences of {context_length} tokens from the "
+                f"sources {sorted(include)}, fewer than the {min_sequences} the configuration "
+                "asks for (the largest of capture.n_samples, intervention.n_samples, "
+                "intervention.check_samples and the heads' n_samples): lower those to at most "
+                f"{rows_written}, or give data.source more text (more files, data.include_sources)"
+            )
 
     elapsed = time.perf_counter() - started
     total_text_tokens = sum(used_tokens.values())
@@ -328,6 +407,7 @@ def preprocess(
     prepend_bos: bool = True,
     batch_size: int = 256,
     on_bad_record: str = "skip",
+    min_sequences: int = 1,
     revision: str | None = None,
     trust_remote_code: bool = False,
     config_used: Mapping[str, Any] | None = None,
@@ -357,6 +437,7 @@ def preprocess(
         prepend_bos=prepend_bos,
         batch_size=batch_size,
         on_bad_record=on_bad_record,
+        min_sequences=min_sequences,
     )
     manifest = {
         "spectra_version": __version__,
@@ -432,8 +513,6 @@ def validate_array(array: np.ndarray, spec: ShardSpec, name: str) -> None:
 
 
 def read_manifest(manifest_path: str | Path) -> dict[str, Any]:
-    import json
-
     return json.loads(Path(manifest_path).read_text())
 
 

@@ -4,6 +4,7 @@ package modules a rule's script runs."""
 from __future__ import annotations
 
 import ast
+import errno
 import logging
 import signal
 import sys
@@ -23,6 +24,10 @@ def setup_logging(log_path: str | Path, level: int = logging.INFO) -> None:
     logging.captureWarnings(True)
 
     def log_uncaught(exc_type, exc_value, exc_traceback):
+        explained = explain_environment_error(exc_value)
+        if explained:
+            logging.getLogger("spectra").error(explained)
+            print(f"spectra: {explained}", file=sys.stderr)
         logging.getLogger("spectra").critical(
             "uncaught exception", exc_info=(exc_type, exc_value, exc_traceback)
         )
@@ -30,6 +35,29 @@ def setup_logging(log_path: str | Path, level: int = logging.INFO) -> None:
 
     sys.excepthook = log_uncaught
     exit_on_sigterm()
+
+
+def explain_environment_error(error: BaseException) -> str | None:
+    """What to do about a fault of the machine rather than of the inputs (a full disk, a folder
+    that cannot be written), in a sentence naming the file; None for any other error. Every
+    output is written atomically, so what was finished before is intact."""
+    if not isinstance(error, OSError):
+        return None
+    where = f" writing {error.filename}" if error.filename else ""
+    kept = "Finished outputs are intact (they are written whole or not at all)"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the device{where} ({error.strerror}). {kept}; free space (or "
+            "raise the quota) where results/ and resources/ are, or point them at a larger disk, "
+            "then run the same snakemake command again."
+        )
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            f"cannot write{where} ({error.strerror}): the folder is read-only or not yours. "
+            f"{kept}; run from a folder you can write (results/ and resources/ are created "
+            "beside the Snakefile's working directory, see --directory), then run again."
+        )
+    return None
 
 
 class Terminated(SystemExit):
