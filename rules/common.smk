@@ -2,6 +2,7 @@
 # here beyond choosing paths; the work is in the spectra_attn package (installed by `make setup`,
 # or by envs/*.post-deploy.sh inside a conda env).
 import json
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -13,7 +14,7 @@ from spectra_attn import shards as spectra_shards
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
 from spectra_attn.gates import ATLAS_TOLERANCES, CHECKS
 from spectra_attn.samples import sample_ranges
-from spectra_attn.workflow import package_modules
+from spectra_attn.workflow import package_modules, stale_lock_hint
 
 # The package's validator (same schema as `spectra config show`) fills defaults and names every
 # unknown or invalid key at once, before any job is scheduled; then what the files can tell
@@ -28,6 +29,11 @@ if workflow.is_main_process and (problems := preflight.problems(config)):
     raise WorkflowError(
         "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
     )
+
+# Snakemake's own message for a lock left by a killed run names the --unlock flag; this one gives
+# the two commands, with the arguments of this one.
+if workflow.is_main_process and (hint := stale_lock_hint(Path.cwd(), sys.argv)):
+    print(f"spectra: {hint}", file=sys.stderr)
 
 RUN = f"results/{config['run_name']}"
 # make_shards writes into a folder named by what the shards are made from (data keys, tokenizer,

@@ -19,11 +19,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spectra_attn import config as spectra_config
+from spectra_attn.shards import store_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-TARGET = "results/demo/data/manifest.json"
-CACHED = ("resources/demo/slimpajama", "resources/demo/model", "results/demo/data/shards")
+TARGET = "results/demo/data/manifest.json"  # the run's view of the shards (publish_shards)
 FEWER_SOURCES = ["RedPajamaC4", "RedPajamaWikipedia"]
+
+
+def store(**changes: dict) -> str:
+    """Where make_shards writes the shards of config.yaml with ``changes``."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for section, values in changes.items():
+        config[section].update(values)
+    return str(store_dir(spectra_config.validate(config)))
+
+
+STORE = store()
+CACHED = ("resources/demo/slimpajama", "resources/demo/model", f"{STORE}/shards")
+STORE_MANIFEST = f"{STORE}/manifest.json"
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +108,8 @@ def checkouts(tmp_path_factory):
 
 def test_first_checkout_stores_its_outputs_in_the_cache(checkouts):
     dirs, logs = checkouts
-    assert moved_to_cache(logs["first"]) == {*CACHED, TARGET}
-    for path in (*CACHED, TARGET):
+    assert moved_to_cache(logs["first"]) == {*CACHED, STORE_MANIFEST}
+    for path in (*CACHED, STORE_MANIFEST):
         # The output itself became a link to its cache entry (a directory as a whole).
         link = dirs["first"] / path
         assert link.is_symlink() and link.resolve().parent == dirs["cache"], path
@@ -108,8 +123,8 @@ def test_second_checkout_takes_every_job_from_the_cache(checkouts):
     linked = symlinked_from_cache(logs["second"])
     assert {
         "resources/demo/model/model.safetensors",
-        "results/demo/data/shards/shard_0000.npz",
-        TARGET,
+        f"{STORE}/shards/shard_0000.npz",
+        STORE_MANIFEST,
     } <= linked
     # No script ran: the logs Snakemake creates for the jobs stay empty.
     second = dirs["second"]
@@ -124,14 +139,17 @@ def test_second_checkouts_shards_are_the_firsts(checkouts):
     dirs, _ = checkouts
     first, second = dirs["first"] / TARGET, dirs["second"] / TARGET
     assert first.read_bytes() == second.read_bytes()
-    # A directory fetched from the cache is a real folder whose entries link into the cache.
+    # A directory fetched from the cache is a real folder whose entries link into the cache;
+    # the run's view of them links to the same files.
+    stored = dirs["second"] / STORE / "shards"
+    assert stored.is_dir() and not stored.is_symlink()
     shards = dirs["second"] / "results" / "demo" / "data" / "shards"
-    assert shards.is_dir() and not shards.is_symlink()
     paths = validate_shards(second)
     assert paths and all(path.parent == shards for path in paths)
     manifest = json.loads(second.read_text())
     for path, entry in zip(paths, manifest["shards"], strict=True):
-        assert path.is_symlink() and path.resolve().is_relative_to(dirs["cache"])
+        assert (stored / path.name).resolve().is_relative_to(dirs["cache"])
+        assert os.path.samefile(path, stored / path.name)
         twin = dirs["first"] / "results" / "demo" / "data" / "shards" / path.name
         assert sha256(path) == sha256(twin) == entry["sha256"]
 
@@ -146,7 +164,8 @@ def test_downstream_rules_accept_the_cached_outputs(checkouts):
 
 def test_changed_data_parameter_rebuilds_the_shards_only(checkouts):
     dirs, logs = checkouts
-    assert moved_to_cache(logs["third"]) == {"results/demo/data/shards", TARGET}
+    third = store(data={"include_sources": FEWER_SOURCES})
+    assert moved_to_cache(logs["third"]) == {f"{third}/shards", f"{third}/manifest.json"}
     assert "resources/demo/model/model.safetensors" in symlinked_from_cache(logs["third"])
     manifest = json.loads((dirs["third"] / TARGET).read_text())
     assert manifest["include_sources"] == sorted(FEWER_SOURCES)
@@ -160,9 +179,9 @@ def test_changed_data_parameter_rebuilds_the_shards_only(checkouts):
 @pytest.mark.parametrize(
     ("changes", "rebuilt"),
     [
-        ({"data": {"prepend_bos": False}}, {"results/demo/data/shards"}),
-        ({"data": {"context_length": 256}}, {"results/demo/data/shards"}),
-        ({"demo": {"train_steps": 100}}, {"resources/demo/model", "results/demo/data/shards"}),
+        ({"data": {"prepend_bos": False}}, {"shards"}),
+        ({"data": {"context_length": 256}}, {"shards"}),
+        ({"demo": {"train_steps": 100}}, {"resources/demo/model", "shards"}),
     ],
     ids=["prepend_bos", "context_length", "demo_train_steps"],
 )
@@ -172,4 +191,9 @@ def test_cache_key_follows_the_parameters(checkouts, changes, rebuilt):
     name = "dry_" + "_".join(f"{k}_{key}" for k, v in changes.items() for key in v)
     workdir = checkout(dirs["root"], name, **changes)
     plan = cache_plan(cached_build(workdir, dirs["cache"], "-n"))
-    assert plan == {path: "written to" if path in rebuilt else "obtained from" for path in CACHED}
+    # Other settings make their shards in a folder of their own: the first checkout's stay.
+    shards = f"{store(**changes)}/shards"
+    assert (shards == CACHED[2]) == ("shards" not in rebuilt)
+    expected = {path: "written to" if path in rebuilt else "obtained from" for path in CACHED[:2]}
+    expected[shards] = "written to" if "shards" in rebuilt else "obtained from"
+    assert plan == expected

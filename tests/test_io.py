@@ -160,3 +160,39 @@ def test_environment_faults_are_explained(error, words):
     assert explained.startswith(words) and "results/x.parquet" in explained
     assert explain_environment_error(FileNotFoundError(2, "No such file", "x")) is None
     assert explain_environment_error(ValueError("bad")) is None
+
+
+def test_a_stale_lock_gets_the_commands_that_continue(tmp_path):
+    """After a killed run, its lock stays: the hint gives the same command with --unlock, then
+    with --rerun-incomplete; nothing is said without a lock, for a dry run, or while another
+    Snakemake works in the folder."""
+    import subprocess
+    import sys
+    import time
+
+    from spectra_attn.workflow import stale_lock_hint
+
+    argv = ["/x/.venv/bin/snakemake", "--cores", "1", "--resources", "gpu=1"]
+    assert stale_lock_hint(tmp_path, argv) is None
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/demo/capture/part_0000.parquet\n")
+    hint = stale_lock_hint(tmp_path, argv)
+    assert hint.endswith(
+        "    snakemake --cores 1 --resources gpu=1 --unlock\n"
+        "    snakemake --cores 1 --resources gpu=1 --rerun-incomplete"
+    )
+    assert stale_lock_hint(tmp_path, [*argv, "-n"]) is None
+    assert stale_lock_hint(tmp_path, [*argv, "-np"]) is None
+    assert "--rerun-incomplete --rerun" not in stale_lock_hint(
+        tmp_path, [*argv, "--rerun-incomplete"]
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "snakemake"], cwd=tmp_path
+    )
+    try:
+        time.sleep(0.5)
+        assert stale_lock_hint(tmp_path, argv) is None  # a live lock
+    finally:
+        other.kill()
+        other.wait()

@@ -68,6 +68,7 @@ def test_dry_run_plans_every_stage(demo_run):
         "build_demo_corpus",
         "build_demo_model",
         "make_shards",
+        "publish_shards",
         "capture_samples",
         "capture",
         "aggregate_partial",
@@ -373,3 +374,107 @@ def test_other_model_skips_the_demo_model(demo_run, tmp_path):
     planned = planned_rules(result)
     assert "make_shards" in planned
     assert "build_demo_model" not in planned  # (it is named in the cache-eligibility notice)
+
+
+def finished_outputs(workdir: Path) -> dict[str, bytes]:
+    """The bytes of what a finished demo run made that a bad input must not cost: the shards
+    (where they are made and where the run shows them), the capture parts, the sweeps, the
+    demo model and the configuration's description."""
+    results, resources = workdir / "results" / "demo", workdir / "resources"
+    paths = [
+        *sorted((resources / "shards").rglob("*")),
+        *sorted((results / "data").rglob("*")),
+        *sorted((results / "capture").glob("part_*.parquet")),
+        *sorted((results / "intervention").rglob("sweep.parquet")),
+        resources / "demo" / "model" / "model.safetensors",
+        results / "configuration.txt",
+    ]
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in paths if p.is_file()}
+
+
+def damaged_demo_corpus(workdir: Path, tmp_path: Path, damage) -> Path:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(workdir / "resources" / "demo" / "slimpajama", corpus)
+    files = sorted((corpus / "test").rglob("*.jsonl.zst"))
+    damage(files[len(files) // 2])
+    return corpus
+
+
+def only_books(workdir: Path, tmp_path: Path) -> Path:
+    from .conftest import make_documents, write_jsonl_corpus
+
+    books = [r for r in make_documents() if r["meta"]["redpajama_set_name"] == "RedPajamaBook"]
+    return write_jsonl_corpus(tmp_path / "books", books)
+
+
+def random_bytes(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def malformed_line(path: Path) -> None:
+    (path.parent / "example_zz_bad.jsonl").write_text('{"text": "cut off\n')
+
+
+# (overlay over config.yaml, given the workdir and a scratch folder; words the error must hold)
+BAD_INPUTS = {
+    # Caught inside make_shards: it writes beside the finished shards, which stay.
+    "sources_absent": (
+        lambda w, t: f"data:\n  source: {only_books(w, t)}\n",
+        "nothing left after filtering",
+    ),
+    "zst_of_random_bytes": (
+        lambda w, t: f"data:\n  source: {damaged_demo_corpus(w, t, random_bytes)}\n",
+        "not a zstd file",
+    ),
+    "on_bad_record_fail": (
+        lambda w, t: (
+            f"data:\n  source: {damaged_demo_corpus(w, t, malformed_line)}\n  on_bad_record: fail\n"
+        ),
+        "(data.on_bad_record: fail)",
+    ),
+    "corpus_yields_too_few": (
+        lambda w, t: "data:\n  max_sequences: 5000\ncapture:\n  n_samples: 4000\n",
+        "the configuration asks for",
+    ),
+    # Refused before any job.
+    "more_samples_than_the_shards_hold": (
+        lambda w, t: "capture:\n  n_samples: 4000\n",
+        "the corpus yields no more; lower capture.n_samples",
+    ),
+    "demo_split_typo": (lambda w, t: "data:\n  split: tset\n", "the demo corpus has no split"),
+    "missing_model_folder_like_a_hub_id": (
+        lambda w, t: "model:\n  name_or_path: models/llama3\n",
+        "config key 'model.name_or_path': 'models/llama3' is not a path on this machine",
+    ),
+    "missing_corpus_folder_like_a_hub_id": (
+        lambda w, t: "data:\n  source: data/slimpajama\n",
+        "config key 'data.source': 'data/slimpajama' is not a path on this machine",
+    ),
+    "float_for_an_integer": (
+        lambda w, t: "capture:\n  n_samples: 8.0\n",
+        "'capture.n_samples': 8.0 is not an integer (write 8)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_a_bad_input_costs_no_finished_output(demo_run, tmp_path, case):
+    """Each bad input of issue 15, run for real over the finished demo: refused with a message
+    naming the key or file, every finished output byte-identical afterwards, and going back to
+    the configuration that made them schedules nothing."""
+    workdir, _, _ = demo_run
+    before = finished_outputs(workdir)
+    overlay, words = BAD_INPUTS[case]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(overlay(workdir, tmp_path))
+    result = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "--configfile", str(mine))
+    said = result.stdout + result.stderr
+    logs = "".join(
+        log.read_text(errors="replace")
+        for log in (workdir / "results" / "demo" / "logs").glob("make_shards*.log")
+    )
+    assert result.returncode != 0, said[-3000:]
+    assert words in said + logs, (said + logs)[-3000:]
+    assert finished_outputs(workdir) == before
+    again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import errno
 import logging
+import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -58,6 +60,48 @@ def explain_environment_error(error: BaseException) -> str | None:
             "beside the Snakefile's working directory, see --directory), then run again."
         )
     return None
+
+
+def _snakemake_running_in(workdir: Path) -> bool:
+    """Whether another Snakemake process on this machine works in ``workdir`` (its lock is then
+    live, not stale). Other machines sharing the folder cannot be seen from here."""
+    mine = {os.getpid(), os.getppid()}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) in mine or b"snakemake" not in (proc / "cmdline").read_bytes():
+                continue
+            if Path(os.readlink(proc / "cwd")) == workdir.resolve():
+                return True
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+    return False
+
+
+def _is_dry_run_flag(arg: str) -> bool:
+    """-n, --dry-run, --dryrun, or short flags run together with n (-np)."""
+    if arg in ("--dry-run", "--dryrun"):
+        return True
+    return arg.startswith("-") and not arg.startswith("--") and arg[1:].isalpha() and "n" in arg
+
+
+def stale_lock_hint(workdir: Path, argv: list[str]) -> str | None:
+    """The commands that continue a run whose Snakemake was killed (SIGKILL, a lost node, a power
+    cut): its lock stays in .snakemake/locks and the next run stops at it. None when there is no
+    lock, or another Snakemake here holds it."""
+    if any(_is_dry_run_flag(a) for a in argv[1:]):
+        return None  # a dry run does not take the lock
+    locks = workdir / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()) or _snakemake_running_in(workdir):
+        return None
+    program = "snakemake" if Path(argv[0]).name in ("snakemake", "__main__.py") else argv[0]
+    args = [a for a in argv[1:] if a not in ("--unlock", "--rerun-incomplete", "--ri")]
+    command = shlex.join([program, *args])
+    return (
+        f"a lock of an earlier Snakemake run remains in {locks} (it was killed before it could "
+        "remove it). If Snakemake stops below with 'Directory cannot be locked' and no other "
+        "Snakemake is running in this folder, continue with:\n"
+        f"    {command} --unlock\n    {command} --rerun-incomplete"
+    )
 
 
 class Terminated(SystemExit):
