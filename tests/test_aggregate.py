@@ -238,18 +238,20 @@ def test_outputs_are_the_same_bytes_across_reruns_and_thread_counts(tmp_path):
 
 
 def test_spearman_is_exact_with_ties(tmp_path):
-    """Heavy ties (values on a coarse grid) and a head with a constant variable, against scipy
-    (average ranks for ties)."""
+    """Heavy ties (values on a coarse grid), a head with a constant variable and one with ρ = 1,
+    against scipy (average ranks for ties)."""
     from spectra_attn.aggregate import connect, spearman
 
     generator = np.random.default_rng(3)
     n = 500
     frames = []
-    for head in range(3):
+    for head in range(4):
         x = np.round(generator.gamma(2.0, 1.0, size=n), 1).astype(np.float32)
         y = np.round(x * (1 - head) + generator.normal(0, 1, size=n), 0).astype(np.float32)
         if head == 2:
             y[:] = 1.5  # constant: no rank correlation
+        if head == 3:
+            y = 2 * x + 1  # monotonic: ρ = 1
         y[:2] = np.nan  # undefined entropy: not ranked
         frames.append(
             pd.DataFrame(
@@ -279,3 +281,4 @@ def test_spearman_is_exact_with_ties(tmp_path):
             continue
         expected = scipy.stats.spearmanr(frame.query_norm, frame.entropy).statistic
         assert table.loc[head, "spearman_qn_entropy"] == pytest.approx(expected, rel=1e-12)
+    assert table.loc[3, "spearman_qn_entropy"] == 1.0
