@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -190,3 +192,93 @@ def test_histograms_are_written_in_a_fixed_order(aggregated, tmp_path):
     table = pq.read_table(tmp_path / "a" / "histograms.parquet").to_pandas()
     keys = list(zip(table.layer, table["head"], table.metric, table.bin, strict=True))
     assert keys == sorted(keys)
+
+
+def _write_parts(tmp_path, n_parts: int, samples_per_part: int) -> list[str]:
+    """Capture parts in small row groups, so that DuckDB's threads share out every file."""
+    parts = []
+    for index in range(n_parts):
+        samples = range(index * samples_per_part, (index + 1) * samples_per_part)
+        frame = synthetic_part(100 + index, samples)
+        path = tmp_path / f"part_{index:04d}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=96)
+        parts.append(str(path))
+    return parts
+
+
+def test_outputs_are_the_same_bytes_across_reruns_and_thread_counts(tmp_path):
+    """Partials and exports of three runs of the whole aggregate (map and reduce), on 1, 4 and 4
+    DuckDB threads, are byte-identical: no float sum depends on the order threads finish in."""
+    parts = _write_parts(tmp_path, n_parts=6, samples_per_part=4)
+    outputs = []
+    for run, threads in (("a", 1), ("b", 4), ("c", 4)):
+        partials = []
+        for part in parts:
+            partials.append(str(tmp_path / run / "partials" / Path(part).stem))
+            partial_aggregate(part, partials[-1], context_length=T, bins=BINS)
+        reduce_aggregates(
+            partials,
+            parts,
+            tmp_path / run / "db.duckdb",
+            tmp_path / run / "exports",
+            T,
+            BINS,
+            threads=threads,
+        )
+        files = sorted((tmp_path / run).rglob("*.*"))
+        outputs.append(
+            {
+                str(f.relative_to(tmp_path / run)): f.read_bytes()
+                for f in files
+                if f.suffix != ".duckdb"
+            }
+        )
+    assert len(outputs[0]) == 6 * 3 + len(EXPORTS)
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_spearman_is_exact_with_ties(tmp_path):
+    """Heavy ties (values on a coarse grid), a head with a constant variable and one with ρ = 1,
+    against scipy (average ranks for ties)."""
+    from spectra_attn.aggregate import connect, spearman
+
+    generator = np.random.default_rng(3)
+    n = 500
+    frames = []
+    for head in range(4):
+        x = np.round(generator.gamma(2.0, 1.0, size=n), 1).astype(np.float32)
+        y = np.round(x * (1 - head) + generator.normal(0, 1, size=n), 0).astype(np.float32)
+        if head == 2:
+            y[:] = 1.5  # constant: no rank correlation
+        if head == 3:
+            y = 2 * x + 1  # monotonic: ρ = 1
+        y[:2] = np.nan  # undefined entropy: not ranked
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": np.int16(0),
+                    "head": np.int16(head),
+                    "token_pos": np.arange(n, dtype=np.int32),
+                    "query_norm": x,
+                    "entropy": y,
+                    "max_attn": np.float32(0.5),
+                    "k_eff": np.int32(1),
+                    "sink_attn": np.float32(0.5),
+                }
+            )
+        )
+    path = tmp_path / "part.parquet"
+    pd.concat(frames).to_parquet(path)
+    con = connect()
+    table = spearman(con, [str(path)]).set_index("head")
+    con.close()
+    for head, frame in enumerate(frames):
+        frame = frame.dropna(subset=["entropy"])
+        assert table.loc[head, "tokens"] == len(frame) == n - 2
+        assert len(np.unique(frame.query_norm)) < n / 5  # ties indeed
+        if head == 2:
+            assert np.isnan(table.loc[head, "spearman_qn_entropy"])
+            continue
+        expected = scipy.stats.spearmanr(frame.query_norm, frame.entropy).statistic
+        assert table.loc[head, "spearman_qn_entropy"] == pytest.approx(expected, rel=1e-12)
+    assert table.loc[3, "spearman_qn_entropy"] == 1.0

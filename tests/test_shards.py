@@ -214,11 +214,13 @@ def test_corrupt_zstd_payload_names_the_file_and_keeps_old_output(corpus, tokeni
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
-def test_corrupt_parquet(tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("cut", ["footer", "half"])
+def test_corrupt_parquet(tokenizer_dir, tmp_path, cut):
     source = write_parquet_corpus(tmp_path / "raw", make_documents())
     path = source / "data" / "test-00000-of-00001.parquet"
-    path.write_bytes(path.read_bytes()[:-20])
-    with pytest.raises(CorpusError, match="corrupt parquet"):
+    data = path.read_bytes()
+    path.write_bytes(data[:-20] if cut == "footer" else data[: len(data) // 2])
+    with pytest.raises(CorpusError, match=f"{path}: corrupt parquet"):
         run(source, tokenizer_dir, tmp_path / "out")
 
 
@@ -232,18 +234,235 @@ def _corpus_with_bad_lines(root: Path) -> Path:
     return path
 
 
-def test_malformed_lines_are_skipped_and_counted(tokenizer_dir, tmp_path):
+def test_malformed_lines_are_skipped_counted_and_logged(tokenizer_dir, tmp_path, caplog):
+    """2 bad records of 10 in one file: skipped when the limit allows 20 %, counted per file in
+    the manifest, logged with their locations, and shown by `spectra shards inspect`."""
+    from spectra_attn.shard_report import inspect_shards
+
     path = _corpus_with_bad_lines(tmp_path / "raw")
-    manifest = run(tmp_path / "raw", tokenizer_dir, tmp_path / "out")
+    with caplog.at_level("WARNING", logger="spectra_attn"):
+        manifest = run(
+            tmp_path / "raw", tokenizer_dir, tmp_path / "out", max_bad_record_fraction=0.2
+        )
     assert manifest["bad_records"] == 2
     assert manifest["bad_record_examples"][0].startswith(f"{path}:3: malformed JSON")
     assert f"{path}:5: missing 'meta" in manifest["bad_record_examples"][1]
+    assert manifest["bad_records_per_file"] == {str(path): 2}
+    assert manifest["records_per_file"][str(path)] == 10
+    assert len(manifest["records_per_file"]) == len(manifest["files_read"])
+    logged = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert logged and "skipped 2 of 10 records" in logged[0] and f"{path}:3:" in logged[0]
+    text = inspect_shards(tmp_path / "out" / "manifest.json", top=1)
+    assert "bad records: 2 skipped as malformed, in 1 files" in text
+    assert f"       2 of 10 records  {path}" in text
+    assert f"{path}:5: missing 'meta" in text
+
+
+def test_a_file_over_the_bad_record_limit_fails_naming_it(tokenizer_dir, tmp_path):
+    """The same file under the default limit (1 %): 2 of 10 records is a damaged file."""
+    path = _corpus_with_bad_lines(tmp_path / "raw")
+    with pytest.raises(CorpusError) as error:
+        run(tmp_path / "raw", tokenizer_dir, tmp_path / "out")
+    message = str(error.value)
+    assert message.startswith(f"{path}: 2 of 10 records are malformed (20.0%)")
+    assert "data.max_bad_record_fraction=0.01" in message and f"{path}:3: malformed" in message
+    assert not (tmp_path / "out" / "shards").exists()
+    # The limit is a share of the file: 2 of 10 passes at 0.2 (above), fails just below it.
+    with pytest.raises(CorpusError, match="2 of 10 records are malformed"):
+        run(tmp_path / "raw", tokenizer_dir, tmp_path / "out", max_bad_record_fraction=0.19)
+
+
+def test_the_bad_record_limit_covers_a_file_read_only_in_part(tokenizer_dir, tmp_path):
+    """Reading stops at data.max_sequences inside the damaged file, so that file is never read
+    to its end: the limit is checked on every record read as well."""
+    path = _corpus_with_bad_lines(tmp_path / "raw")
+    with pytest.raises(CorpusError, match=r"2 of \d+ records read are malformed") as error:
+        run(tmp_path / "raw", tokenizer_dir, tmp_path / "out", max_sequences=1)
+    assert f"{path}: 2" in str(error.value) and f"{path}:3: malformed" in str(error.value)
+
+
+def test_an_all_malformed_corpus_says_what_was_skipped(tokenizer_dir, tmp_path):
+    root = tmp_path / "raw"
+    write_jsonl_corpus(root, make_documents(n_per_source=1), compress=False, per_file=7)
+    path = next((root / "test").rglob("*.jsonl"))
+    path.write_text("".join(f'{{"text": {i}}}\n' for i in range(7)))
+    with pytest.raises(CorpusError, match=f"{path}: 7 of 7 records are malformed"):
+        run(root, tokenizer_dir, tmp_path / "out")
+    with pytest.raises(CorpusError) as error:
+        run(root, tokenizer_dir, tmp_path / "out", max_bad_record_fraction=1.0)
+    message = str(error.value)
+    assert "nothing left after filtering" in message
+    assert "7 records were skipped as malformed" in message
+    assert f"{path}: 7" in message and f"{path}:1: missing or non-string 'text'" in message
 
 
 def test_malformed_lines_fail_when_asked(tokenizer_dir, tmp_path):
     path = _corpus_with_bad_lines(tmp_path / "raw")
     with pytest.raises(CorpusError, match=f"{path}:3: malformed JSON"):
         run(tmp_path / "raw", tokenizer_dir, tmp_path / "out", on_bad_record="fail")
+
+
+# ---- damaged zstd and jsonl files ---------------------------------------------------------------
+
+
+def _random_records(n: int, seed: int = 0) -> bytes:
+    """jsonl of ``n`` records of random words: text that compresses about 2:1, so that a file of a
+    few frames is tens of kilobytes."""
+    generator = np.random.default_rng(seed)
+    lines = []
+    for index in range(n):
+        words = " ".join(f"w{v}" for v in generator.integers(0, 100_000, size=60))
+        source = SOURCES[index % len(SOURCES)]
+        lines.append(json.dumps({"text": words, "meta": {"redpajama_set_name": source}}) + "\n")
+    return "".join(lines).encode()
+
+
+def _zst_file(tmp_path: Path, frames: list[bytes]) -> Path:
+    path = tmp_path / "raw" / "test" / "chunk1" / "example_test_0.jsonl.zst"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(frames))
+    return path
+
+
+def _read(path: Path, **options) -> list:
+    from spectra_attn.corpus import ReadStats, iter_documents
+
+    return list(iter_documents([path], ReadStats(), **options))
+
+
+def test_a_good_multi_frame_zst_file_reads_completely(tmp_path):
+    """Frames with and without checksum and content size, one of them empty and one ending in
+    the middle of a line: every record is read, as an independent decompressor reads them."""
+    import subprocess
+
+    import zstandard
+
+    data = _random_records(300)
+    cuts = [0, 9_000, 9_000, 40_001, 70_000, len(data)]
+    frames = [
+        zstandard.ZstdCompressor(
+            level=3, write_checksum=i % 2 == 0, write_content_size=i != 3
+        ).compress(data[a:b])
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))
+    ]
+    path = _zst_file(tmp_path, frames)
+    reference = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), read_across_frames=True)
+    expected = [json.loads(line)["text"] for line in reference.read().decode().splitlines()]
+    assert len(expected) == 300
+    assert [d.text for d in _read(path)] == expected
+    if shutil.which("zstd"):
+        assert subprocess.run(["zstd", "-dc", str(path)], capture_output=True).stdout == data
+
+
+@pytest.mark.parametrize("cut", [2000, "half", -1])
+def test_a_truncated_zst_file_is_an_error_naming_it(tokenizer_dir, tmp_path, cut):
+    """Cut to 2,000 bytes, to half its size, or by its last byte (the end of the last frame's
+    checksum): zstandard's stream_reader reads such a file silently up to the cut."""
+    import zstandard
+
+    data = _random_records(400)
+    frames = [
+        zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data[i : i + 30_000])
+        for i in range(0, len(data), 30_000)
+    ]
+    whole = b"".join(frames)
+    end = {2000: 2000, "half": len(whole) // 2, -1: len(whole) - 1}[cut]
+    path = _zst_file(tmp_path, [whole[:end]])
+    with pytest.raises(CorpusError, match="truncated: the file ends inside zstd frame") as error:
+        run(tmp_path / "raw", tokenizer_dir, tmp_path / "out")
+    assert str(error.value).startswith(f"{path}: ")
+    assert not (tmp_path / "out" / "shards").exists()
+
+
+def _flip_silently(frame_without_checksum: bytes, original: bytes) -> int:
+    """A byte of a frame whose flip libzstd decodes without an error into 10 or more lines that
+    are no longer JSON: what only a checksum, or counting the bad records, can catch. (A flip that
+    changes a letter of a text is seen by a checksum only.)"""
+    import zstandard
+
+    def malformed(decoded: bytes) -> bool:
+        bad = 0
+        for line in decoded.splitlines():
+            try:
+                json.loads(line)
+            except ValueError:
+                bad += 1
+        return bad >= 10
+
+    for position in range(9, len(frame_without_checksum)):  # after the 9-byte header
+        damaged = bytearray(frame_without_checksum)
+        damaged[position] ^= 0x10
+        try:
+            decoded = zstandard.ZstdDecompressor().decompressobj().decompress(bytes(damaged))
+        except zstandard.ZstdError:
+            continue
+        if len(decoded) == len(original) and malformed(decoded):
+            return position
+    raise AssertionError("no silent flip found")
+
+
+def test_a_flipped_byte_fails_the_checksum_or_the_bad_record_limit(tokenizer_dir, tmp_path):
+    """The same flipped byte in a frame with a checksum, and in the same frame without one (the
+    header's checksum flag cleared, the checksum removed): the first fails its checksum; the
+    second decodes into malformed records (10 or more of 200), which the bad-record limit
+    catches."""
+    import zstandard
+
+    data = _random_records(200)
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    assert frame[4] & 0x04  # the header's checksum flag
+    bare = bytes([*frame[:4], frame[4] & ~0x04]) + frame[5:-4]
+    assert zstandard.ZstdDecompressor().decompress(bare) == data
+    position = _flip_silently(bare, data)
+    for with_checksum in (True, False):
+        damaged = bytearray(frame if with_checksum else bare)
+        damaged[position] ^= 0x10
+        path = _zst_file(tmp_path, [bytes(damaged)])
+        expected = "fails its checksum" if with_checksum else "records are malformed"
+        with pytest.raises(CorpusError, match=expected) as error:
+            run(tmp_path / "raw", tokenizer_dir, tmp_path / "out")
+        assert str(error.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_frame_whose_size_differs_from_its_header_is_an_error(tmp_path, delta):
+    import struct
+
+    import zstandard
+
+    data = _random_records(200)
+    frame = bytearray(zstandard.ZstdCompressor(level=3).compress(data))
+    # Frame header: magic, descriptor (content-size field of 4 bytes, single segment: no
+    # window byte), then the content size, little-endian.
+    assert frame[4] >> 6 == 2 and frame[4] & 0x20 and len(data) > 65_791
+    assert struct.unpack("<I", frame[5:9])[0] == len(data)
+    frame[5:9] = struct.pack("<I", len(data) + delta)
+    path = _zst_file(tmp_path, [bytes(frame)])
+    with pytest.raises(
+        CorpusError, match=f"content size its header declares \\({len(data) + delta:,}"
+    ):
+        _read(path)
+    with pytest.raises(CorpusError, match=str(path)):
+        _read(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_jsonl_cut_inside_its_last_line_is_truncated(tmp_path, compress):
+    """A last line without newline that is not JSON is a cut file, not a bad record to skip; a
+    last line without newline that is JSON is fine."""
+    import zstandard
+
+    data = _random_records(5)
+    path = tmp_path / "raw" / "test" / "chunk1" / "example_test_0.jsonl"
+    path.parent.mkdir(parents=True)
+    if compress:
+        path = path.with_name(path.name + ".zst")
+    encode = zstandard.ZstdCompressor().compress if compress else bytes
+    path.write_bytes(encode(data[:-1]))  # no final newline: still complete
+    assert len(_read(path)) == 5
+    path.write_bytes(encode(data[:-40]))
+    with pytest.raises(CorpusError, match=f"{path}:5: truncated: the last line has no newline"):
+        _read(path, max_bad_record_fraction=1.0)
 
 
 # ---- shard validation on read ------------------------------------------------------------------

@@ -17,6 +17,7 @@ def main(snakemake) -> None:
         },
         context_length=snakemake.params.context_length,
         bins=snakemake.params.bins,
+        threads=snakemake.threads,  # Spearman's sort; the exports do not depend on it
     )
 
 

@@ -23,6 +23,7 @@ def main(snakemake) -> None:
         batch_size=snakemake.resources.tokenize_batch_size,
         on_bad_record=data["on_bad_record"],
         min_sequences=snakemake.resources.required_sequences,
+        max_bad_record_fraction=data["max_bad_record_fraction"],
         revision=snakemake.params.tokenizer["revision"],
         trust_remote_code=snakemake.params.tokenizer["trust_remote_code"],
         config_used={

@@ -11,6 +11,19 @@ Partials merge exactly:
 * per-position sums and counts.
 Spearman's ρ needs every row's rank, which no partial carries: the reduce step computes it from
 the parts themselves with DuckDB window functions (which spill to disk past memory).
+
+Byte-reproducible: the exports and the partials are the same bytes on every rerun and for any
+number of DuckDB threads. Floating-point addition is not associative, and DuckDB's parallel
+aggregates add in whatever order its threads finish (two reruns gave Spearman ρ
+−0.4649273625507004 and −0.4649273625507025). So
+* the float sums run on one DuckDB thread, which adds in scan order (the part's rows in file
+  order; the partials in the order given): the map step (one per part, the parts themselves run
+  in parallel as jobs) and the merges of the small partials;
+* Spearman's ρ, the one heavy query (a sort of every row per head), keeps its threads but adds
+  integers only: with a = 2·(average rank of x) = rank + (number of rows ≤ x), an integer, and b
+  likewise for y, ρ = (nΣab − ΣaΣb) / √((nΣa² − (Σa)²)(nΣb² − (Σb)²)), the sums exact in HUGEINT
+  (in any order), converted to float once;
+* the rest (std, Pearson's r, quantiles) is numpy on those results, in a fixed order.
 """
 
 from __future__ import annotations
@@ -58,12 +71,14 @@ def _bin_expression(metric: str, edges: np.ndarray) -> str:
     return f"least(greatest(TRY_CAST({raw} AS BIGINT), 0), {last})"
 
 
-def connect(path: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection for the capture rows. Statistics propagation is off: it folds
-    ``isnan(x)`` to false from Parquet min/max statistics, which ignore NaN, so NaNs would slip
-    through as values (seen with DuckDB 2.0)."""
+def connect(path: str = ":memory:", threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for the capture rows, with ``threads`` threads (DuckDB's default: one
+    per core). Statistics propagation is off: it folds ``isnan(x)`` to false from Parquet min/max
+    statistics, which ignore NaN, so NaNs would slip through as values (seen with DuckDB 2.0)."""
     con = duckdb.connect(path)
     con.execute("SET disabled_optimizers = 'statistics_propagation'")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     return con
 
 
@@ -82,9 +97,10 @@ def partial_aggregate(
 ) -> None:
     """Map step: the mergeable aggregates of one capture part, as three Parquet files in
     ``out_dir`` (moments.parquet, histograms.parquet, positions.parquet), written atomically
-    (into a temporary folder that replaces ``out_dir``)."""
+    (into a temporary folder that replaces ``out_dir``). One DuckDB thread: its float sums add
+    in the rows' order, so a rerun writes the same bytes (see the module's docstring)."""
     with atomic_dir(out_dir) as tmp:
-        con = connect()
+        con = connect(threads=1)
         try:
             # Decompress the part once: the three queries below would each scan the file again.
             con.execute(f"CREATE TABLE part AS {_rows_sql([part])}")
@@ -218,12 +234,15 @@ def reduce_aggregates(
     exports: dict[str, str | Path] | str | Path,
     context_length: int,
     bins: int = 1000,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Reduce step: merge the partials into ``database`` (DuckDB; tables head_summary,
     position_profile, histogram_counts) and export the summaries as Parquet and CSV: ``exports``
     maps each name of :data:`EXPORTS` to its path (the rule's outputs), or is a folder that
     receives them under those names. ``parts`` (the capture parts) are read only for Spearman's
-    ρ. Returns head_summary. On failure, no temporary database is left behind."""
+    ρ, whose sort runs on ``threads`` DuckDB threads (default: one per core); the merges run on
+    one, so the exports are the same bytes for any ``threads``. Returns head_summary. On
+    failure, no temporary database is left behind."""
     if not isinstance(exports, dict):
         exports = {name: Path(exports) / name for name in EXPORTS}
     if sorted(exports) != sorted(EXPORTS):
@@ -236,6 +255,8 @@ def reduce_aggregates(
     tmp_db = Path(name)
     tmp_db.unlink()  # DuckDB creates the database file itself
     con = connect(str(tmp_db))
+    sort_threads = threads or con.execute("SELECT current_setting('threads')").fetchone()[0]
+    con.execute("SET threads = 1")  # float sums in the partials' order (module docstring)
     try:
         for name in ("moments", "histograms", "positions"):
             files = ", ".join(f"'{Path(d) / f'{name}.parquet'}'" for d in partial_dirs)
@@ -271,7 +292,10 @@ def reduce_aggregates(
             for j, q in enumerate(QUANTILES):
                 summary[f"{m}_q{round(q * 100):02d}"] = values[:, j]
 
-        summary = summary.merge(spearman(con, parts), on=["layer", "head"], how="left")
+        con.execute(f"SET threads = {int(sort_threads)}")  # integer sums only: any order
+        ranks = spearman(con, parts)
+        con.execute("SET threads = 1")
+        summary = summary.merge(ranks, on=["layer", "head"], how="left")
         keep = ["layer", "head", "rows"]
         for m in METRICS:
             keep += [f"{m}_count", f"{m}_mean", f"{m}_std"]
@@ -308,21 +332,36 @@ def reduce_aggregates(
 def spearman(con: duckdb.DuckDBPyConnection, parts: list[str]) -> pd.DataFrame:
     """Spearman ρ(query_norm, entropy) per (layer, head) over every row with a defined entropy
     (``tokens`` of them): Pearson's r of average ranks, computed by DuckDB from the capture parts
-    (its window sorts spill to disk past memory). Head selection uses the same function."""
-    # Average rank of ties = (lowest rank + highest rank) / 2, and the highest rank is
-    # cume_dist · n: both come from the same ordered window, one sort per variable.
-    return con.execute(
+    (its window sorts spill to disk past memory). Head selection uses the same function.
+
+    Exact and independent of the order of the sums: the ranks are doubled into integers and
+    every sum is a HUGEINT, so only the final division is floating point."""
+    # Average rank of ties = (lowest rank + highest rank) / 2, and the highest rank is the count
+    # of rows ≤ the value (the window's default frame runs to the last peer): a = 2·rank is
+    # rank() + count(*), from the same ordered window, one sort per variable.
+    table = con.execute(
         f"""WITH rows AS (
                 SELECT layer, head, query_norm, entropy FROM ({_rows_sql(parts)})
                 WHERE entropy IS NOT NULL AND query_norm IS NOT NULL),
             ranked AS (
                 SELECT layer, head,
-                    (rank() OVER by_x + cume_dist() OVER by_x * count(*) OVER head) / 2.0 AS rx,
-                    (rank() OVER by_y + cume_dist() OVER by_y * count(*) OVER head) / 2.0 AS ry
+                    CAST(rank() OVER by_x + count(*) OVER by_x AS HUGEINT) AS a,
+                    CAST(rank() OVER by_y + count(*) OVER by_y AS HUGEINT) AS b
                 FROM rows
-                WINDOW head AS (PARTITION BY layer, head),
-                    by_x AS (PARTITION BY layer, head ORDER BY query_norm),
+                WINDOW by_x AS (PARTITION BY layer, head ORDER BY query_norm),
                     by_y AS (PARTITION BY layer, head ORDER BY entropy))
-            SELECT layer, head, corr(rx, ry) AS spearman_qn_entropy, count(*) AS tokens
+            SELECT layer, head, count(*) AS tokens,
+                -- as text: .df() would round the HUGEINT sums to floats
+                CAST(sum(a) AS VARCHAR) AS sa, CAST(sum(b) AS VARCHAR) AS sb,
+                CAST(sum(a * a) AS VARCHAR) AS saa, CAST(sum(b * b) AS VARCHAR) AS sbb,
+                CAST(sum(a * b) AS VARCHAR) AS sab
             FROM ranked GROUP BY layer, head ORDER BY layer, head"""
     ).df()
+    rho = []
+    for row in zip(*(table[c] for c in ("tokens", "sa", "sb", "saa", "sbb", "sab")), strict=True):
+        # Python integers (not numpy's int64): exact, whatever their size; one rounding at the end.
+        n, sa, sb, saa, sbb, sab = (int(value) for value in row)
+        covariance, var_a, var_b = n * sab - sa * sb, n * saa - sa * sa, n * sbb - sb * sb
+        rho.append(covariance / math.sqrt(var_a * var_b) if var_a > 0 and var_b > 0 else np.nan)
+    table["spearman_qn_entropy"] = np.array(rho, dtype=np.float64)
+    return table[["layer", "head", "spearman_qn_entropy", "tokens"]]

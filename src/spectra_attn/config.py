@@ -232,6 +232,8 @@ def describe(config: Mapping[str, Any]) -> str:
         f"  shards                {data['sequences_per_shard']} sequences per shard_NNNN.npz "
         f"(int32 input_ids), at most {data['max_sequences']} sequences",
         f"  malformed records     {data['on_bad_record']} (corrupt .zst/parquet files always fail)",
+        f"  bad-record limit      {data['max_bad_record_fraction']:.2%} of a file's records "
+        "(more fails the run with skip)",
         "",
         "Capture",
         f"  samples               the first {capture['n_samples']} sequences of the shards, "

@@ -3,12 +3,19 @@
 Records are ``{"text": ..., "meta": {"redpajama_set_name": ...}}``; in the 6B parquet files ``meta``
 is a struct column. Files are read in a fixed, natural order (chunk2 before chunk10) so the same
 corpus always yields the same document stream.
+
+No damaged file is read silently. A ``.zst`` file is decompressed frame by frame while it is read
+(no extra pass): a file that ends inside a frame is truncated (zstandard's ``stream_reader`` would
+just stop there), and libzstd's own checks (the frame checksum where the frame has one, the
+decoded size against the header's content size, block corruption) become errors naming the file
+and frame. A last line without a newline that is not valid JSON is a truncated file, not a bad
+record. The records ``on_bad_record: skip`` drops are counted per file, logged with their first
+locations, and a file (or corpus) with more than ``max_bad_record_fraction`` of them fails the run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import re
@@ -33,6 +40,15 @@ HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # How many bad-record locations the manifest lists (the count is always complete).
 MAX_LISTED_BAD_RECORDS = 20
+# How many of them a log line or an error message quotes.
+QUOTED_BAD_RECORDS = 3
+# data.max_bad_record_fraction's default: a file (or corpus) with more malformed records than this
+# is damaged, not a corpus with a few odd lines.
+DEFAULT_MAX_BAD_RECORD_FRACTION = 0.01
+# Compressed bytes handed to the zstd decompressor at once (its output is ~4x larger for text).
+ZSTD_READ_SIZE = 1 << 18
+# A zstd frame header is at most 18 bytes; kept to name the frame's content size in messages.
+ZSTD_MAX_HEADER = 18
 
 
 class CorpusError(ValueError):
@@ -48,16 +64,93 @@ class Document:
 
 @dataclass
 class ReadStats:
-    """What the reader saw, for the manifest."""
+    """What the reader saw, for the manifest and the log."""
 
     files: list[str] = field(default_factory=list)
     bad_records: int = 0
     bad_record_examples: list[str] = field(default_factory=list)
+    good_records: int = 0
+    # Records read (good + bad) of every file, and the bad ones of files that have any.
+    records_per_file: dict[str, int] = field(default_factory=dict)
+    bad_records_per_file: dict[str, int] = field(default_factory=dict)
+    # The first few bad records of each file, for its log line and its error.
+    _file_examples: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
-    def record_bad(self, location: str, reason: str) -> None:
+    def start_file(self, path: Path) -> None:
+        self.files.append(str(path))
+        self.records_per_file[str(path)] = 0
+
+    def record_good(self, path: Path) -> None:
+        self.good_records += 1
+        self.records_per_file[str(path)] += 1
+
+    def record_bad(self, location: str, reason: str, path: Path) -> None:
+        example, name = f"{location}: {reason}", str(path)
         self.bad_records += 1
         if len(self.bad_record_examples) < MAX_LISTED_BAD_RECORDS:
-            self.bad_record_examples.append(f"{location}: {reason}")
+            self.bad_record_examples.append(example)
+        self.records_per_file[name] += 1
+        self.bad_records_per_file[name] = self.bad_records_per_file.get(name, 0) + 1
+        examples = self._file_examples.setdefault(name, [])
+        if len(examples) < QUOTED_BAD_RECORDS:
+            examples.append(example)
+
+    def finish_file(self, path: Path, limit: float) -> None:
+        """Log the records skipped in ``path``, read to its end, and fail if they are more than
+        ``limit`` (data.max_bad_record_fraction) of its records."""
+        name = str(path)
+        bad, total = self.bad_records_per_file.get(name, 0), self.records_per_file[name]
+        if not bad:
+            return
+        examples = "; ".join(self._file_examples[name])
+        logger.warning(
+            "%s: skipped %d of %d records as malformed (data.on_bad_record: skip); first: %s",
+            name,
+            bad,
+            total,
+            examples,
+        )
+        if bad / total > limit:
+            raise CorpusError(
+                f"{name}: {bad} of {total} records are malformed ({bad / total:.1%}), more than "
+                f"data.max_bad_record_fraction={limit} allows: a file this damaged is not a "
+                f"corpus file with a few odd lines. First: {examples}. Repair or remove the "
+                f"file, or raise data.max_bad_record_fraction to skip them."
+            )
+
+    def check_total(self, limit: float) -> None:
+        """Fail if the malformed records are more than ``limit`` of all records read (this also
+        covers a file whose reading stopped early, at data.max_sequences)."""
+        total = self.good_records + self.bad_records
+        if not self.bad_records:
+            return
+        logger.warning(
+            "skipped %d of %d records as malformed in %d of %d files "
+            "(data.on_bad_record: skip). %s",
+            self.bad_records,
+            total,
+            len(self.bad_records_per_file),
+            len(self.files),
+            self.describe_bad_records(),
+        )
+        if self.bad_records / total > limit:
+            raise CorpusError(
+                f"{self.bad_records} of {total} records read are malformed "
+                f"({self.bad_records / total:.1%}), more than "
+                f"data.max_bad_record_fraction={limit} allows. "
+                f"{self.describe_bad_records()}"
+            )
+
+    def describe_bad_records(self) -> str:
+        """The malformed records per file and the first few, for an error message."""
+        per_file = ", ".join(
+            f"{name}: {n}" for name, n in list(self.bad_records_per_file.items())[:5]
+        )
+        more = len(self.bad_records_per_file) - 5
+        if more > 0:
+            per_file += f" and {more} more files"
+        first = "; ".join(self.bad_record_examples[:QUOTED_BAD_RECORDS])
+        return f"Per file: {per_file}. First: {first}."
 
 
 def natural_key(path: Path) -> list:
@@ -149,17 +242,99 @@ def _parse_record(record: object) -> tuple[str, str] | str:
     return text, meta["redpajama_set_name"]
 
 
+def _declared_content_size(head: bytes) -> int | None:
+    """The content size a zstd frame header declares, if it declares one."""
+    try:
+        size = zstandard.get_frame_parameters(head).content_size
+    except zstandard.ZstdError:
+        return None
+    return None if size == zstandard.CONTENTSIZE_UNKNOWN else size
+
+
+def _zstd_error(path: Path, exc: Exception, frame: int, start: int, head: bytes) -> CorpusError:
+    """libzstd's complaint about frame ``frame`` of ``path``, said in words."""
+    declared = _declared_content_size(head)
+    where = f"zstd frame {frame} (at byte {start:,})"
+    reason = str(exc)
+    if "checksum" in reason.lower():
+        what = f"{where} fails its checksum: the data decompressed differ from the data compressed"
+    elif "too small" in reason and declared is not None:
+        # libzstd decodes into a buffer of the declared size and runs past it.
+        what = f"{where} decodes to more than the content size its header declares"
+        what += f" ({declared:,} bytes)"
+    elif declared is not None:
+        # libzstd reports a decoded size short of the header's content size as corruption too.
+        what = (
+            f"corrupt {where}: its blocks are damaged or do not decode to the content size its "
+            f"header declares ({declared:,} bytes)"
+        )
+    else:
+        what = f"corrupt {where}"
+    return CorpusError(f"{path}: {what} (zstd: {reason}); `zstd -t {path}` tests the file")
+
+
+def _iter_zstd(path: Path, raw) -> Iterator[bytes]:
+    """The decompressed bytes of every frame of a .zst file, checked as they are read.
+
+    Decompressed frame by frame: ``stream_reader`` returns what it decoded before the end of a
+    truncated file and stops without a word, so the end of every frame is checked here (a file
+    that ends inside a frame is truncated), and libzstd checks each frame's checksum (where
+    the frame has one) and its content size (where the header declares one)."""
+    decompressor = zstandard.ZstdDecompressor()
+    frame_reader = None  # the decompressor of the frame being read; None between frames
+    frame, start, fed, head = 0, 0, 0, b""
+    while data := raw.read(ZSTD_READ_SIZE):
+        while data:
+            if frame_reader is None:
+                frame_reader = decompressor.decompressobj()
+                frame, start, head = frame + 1, fed, b""
+            head += data[: ZSTD_MAX_HEADER - len(head)]
+            fed += len(data)
+            try:
+                out = frame_reader.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise _zstd_error(path, exc, frame, start, head) from exc
+            if out:
+                yield out
+            data = b""
+            if frame_reader.eof:  # the frame ended (and was checked); the rest is the next one
+                data = frame_reader.unused_data
+                fed -= len(data)
+                frame_reader = None
+    if frame_reader is not None:
+        declared = _declared_content_size(head)
+        size = f", content size {declared:,} bytes" if declared is not None else ""
+        raise CorpusError(
+            f"{path}: truncated: the file ends inside zstd frame {frame} (at byte {start:,}{size}; "
+            f"the file has {fed:,} bytes); `zstd -t {path}` tests the file"
+        )
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The lines of a stream of byte chunks, each with its newline (the last one may lack it)."""
+    pending: list[bytes] = []  # pieces of a line longer than a chunk
+    for chunk in chunks:
+        if not chunk:
+            continue
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:
+            pending.append(chunk)
+            continue
+        lines[0] = b"".join([*pending, lines[0]])
+        rest = lines.pop()  # the start of the next line (empty if the chunk ends with one)
+        pending = [rest] if rest else []
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield b"".join(pending)
+
+
 def _iter_jsonl_lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as raw:
         if path.name.endswith(".zst"):
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            stream = io.BufferedReader(reader, buffer_size=1 << 20)
+            yield from _lines(_iter_zstd(path, raw))
         else:
-            stream = raw
-        try:
-            yield from stream
-        except zstandard.ZstdError as exc:
-            raise CorpusError(f"{path}: corrupt zstd data ({exc})") from exc
+            yield from raw
 
 
 def _iter_jsonl(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[Document]:
@@ -170,12 +345,18 @@ def _iter_jsonl(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[Do
         try:
             parsed = _parse_record(json.loads(line))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if not line.endswith(b"\n"):  # only the last line can lack its newline
+                raise CorpusError(
+                    f"{location}: truncated: the last line has no newline and is not valid JSON "
+                    f"({exc.__class__.__name__}: {exc}); the file was cut short"
+                ) from exc
             parsed = f"malformed JSON ({exc.__class__.__name__}: {exc})"
         if isinstance(parsed, str):
             if on_bad_record == "fail":
                 raise CorpusError(f"{location}: {parsed} (data.on_bad_record: fail)")
-            stats.record_bad(location, parsed)
+            stats.record_bad(location, parsed, path)
             continue
+        stats.record_good(path)
         yield Document(text=parsed[0], source=parsed[1], location=location)
 
 
@@ -183,7 +364,8 @@ def _iter_parquet(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        # Page checksums are verified where the writer wrote them (pyarrow does not by default).
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
         names = parquet.schema_arrow.names
         if "text" not in names or "meta" not in names:
             raise CorpusError(f"{path}: parquet file lacks a 'text' or 'meta' column (has {names})")
@@ -200,8 +382,9 @@ def _iter_parquet(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[
                 if isinstance(parsed, str):
                     if on_bad_record == "fail":
                         raise CorpusError(f"{location}: {parsed} (data.on_bad_record: fail)")
-                    stats.record_bad(location, parsed)
+                    stats.record_bad(location, parsed, path)
                     continue
+                stats.record_good(path)
                 yield Document(text=parsed[0], source=parsed[1], location=location)
     except CorpusError:
         raise
@@ -210,17 +393,23 @@ def _iter_parquet(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[
 
 
 def iter_documents(
-    files: list[Path], stats: ReadStats | None = None, on_bad_record: str = "skip"
+    files: list[Path],
+    stats: ReadStats | None = None,
+    on_bad_record: str = "skip",
+    max_bad_record_fraction: float = DEFAULT_MAX_BAD_RECORD_FRACTION,
 ) -> Iterator[Document]:
-    """Every document of ``files`` in order. Malformed records are skipped and counted in
-    ``stats`` (or raise, with ``on_bad_record='fail'``); corrupt files always raise CorpusError."""
+    """Every document of ``files`` in order. Malformed records are skipped, counted per file in
+    ``stats`` and logged (or raise, with ``on_bad_record='fail'``); a file read to its end with
+    more than ``max_bad_record_fraction`` of its records malformed raises CorpusError, and so do
+    corrupt and truncated files. The caller checks the whole read with ``stats.check_total``."""
     stats = stats if stats is not None else ReadStats()
     for path in files:
-        stats.files.append(str(path))
+        stats.start_file(path)
         if path.suffix == ".parquet":
             yield from _iter_parquet(path, stats, on_bad_record)
         else:
             yield from _iter_jsonl(path, stats, on_bad_record)
+        stats.finish_file(path, max_bad_record_fraction)
 
 
 def download_hub_dataset(dataset_id: str, split: str, cache_dir: str | Path) -> Path:

@@ -69,6 +69,24 @@ def describe_array(
     return "\n".join(lines)
 
 
+def describe_bad_records(manifest: dict, examples: int = 5) -> str:
+    """The malformed records the preprocessing skipped: their count per file (with the file's
+    records read) and the first few locations."""
+    bad = manifest.get("bad_records", 0)
+    if not bad:
+        return "bad records: none skipped"
+    per_file = manifest.get("bad_records_per_file") or {}
+    records = manifest.get("records_per_file") or {}
+    lines = [f"bad records: {bad} skipped as malformed, in {len(per_file) or '?'} files"]
+    for name, count in per_file.items():
+        read = f" of {records[name]} records" if name in records else ""
+        lines.append(f"  {count:>8}{read}  {name}")
+    listed = manifest.get("bad_record_examples", [])[:examples]
+    lines.append(f"  first {len(listed)}:")
+    lines += [f"    {example}" for example in listed]
+    return "\n".join(lines)
+
+
 def _loadable(name: str) -> bool:
     """A tokenizer folder that exists from here, or a name that can only be a hub id."""
     from spectra_attn.corpus import is_hub_id
@@ -105,5 +123,6 @@ def inspect_shards(path: str | Path, tokenizer: str | None = None, top: int = 20
             f"manifest: {manifest['sequences']} sequences in {len(manifest['shards'])} shards, "
             f"split {manifest['split']!r} of {manifest['source']}, tokenizer {shown_name}{note}"
         )
+        reports.append(describe_bad_records(manifest))
     reports += [describe_array(str(p), load_shard(p), top, decode, special) for p in paths]
     return "\n\n".join(reports)

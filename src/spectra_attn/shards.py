@@ -27,6 +27,7 @@ import numpy as np
 from spectra_attn import __version__
 from spectra_attn.config import uses_demo_corpus, uses_demo_model
 from spectra_attn.corpus import (
+    DEFAULT_MAX_BAD_RECORD_FRACTION,
     CorpusError,
     Document,
     ReadStats,
@@ -292,12 +293,15 @@ def make_shards(
     batch_size: int = 256,
     on_bad_record: str = "skip",
     min_sequences: int = 1,
+    max_bad_record_fraction: float = DEFAULT_MAX_BAD_RECORD_FRACTION,
 ) -> dict[str, Any]:
     """Tokenize and chunk the documents of ``files`` into shards under ``out_dir``.
 
     The shards are written into a temporary sibling directory that replaces ``out_dir`` only when
     every shard is written and validated, and when they hold at least ``min_sequences`` sequences
-    (what the configuration's sample counts ask for). Returns the manifest's statistics section.
+    (what the configuration's sample counts ask for). Malformed records skipped are logged per
+    file; more than ``max_bad_record_fraction`` of a file's records, or of all records read, fails
+    the run. Returns the manifest's statistics section.
     """
     include = set(include_sources)
     out_dir = Path(out_dir)
@@ -324,7 +328,7 @@ def make_shards(
 
     with atomic_dir(out_dir) as tmp_dir:  # replaces out_dir once every shard is written
         writer = ShardWriter(tmp_dir, sequences_per_shard, spec)
-        documents = kept(iter_documents(files, read_stats, on_bad_record))
+        documents = kept(iter_documents(files, read_stats, on_bad_record, max_bad_record_fraction))
         for batch in _batched(documents, batch_size):
             token_lists = encode([d.text for d in batch])
             lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(batch))
@@ -348,11 +352,18 @@ def make_shards(
                 logger.info("reached data.max_sequences=%d; stopping the read", max_sequences)
                 break
         writer.flush()
+        read_stats.check_total(max_bad_record_fraction)
         if not used_docs:
             found = ", ".join(f"{k}: {v}" for k, v in sorted(seen.items())) or "no documents"
+            skipped = ""
+            if read_stats.bad_records:
+                skipped = (
+                    f"; {read_stats.bad_records} records were skipped as malformed "
+                    f"(data.on_bad_record: skip). {read_stats.describe_bad_records()}"
+                )
             raise CorpusError(
                 f"nothing left after filtering: no document has a source in "
-                f"data.include_sources={sorted(include)} (documents found: {found})"
+                f"data.include_sources={sorted(include)} (documents found: {found}){skipped}"
             )
         if rows_written == 0:
             raise CorpusError(
@@ -388,6 +399,8 @@ def make_shards(
         "tokens_used_per_source": dict(sorted(used_tokens.items())),
         "bad_records": read_stats.bad_records,
         "bad_record_examples": read_stats.bad_record_examples,
+        "bad_records_per_file": read_stats.bad_records_per_file,
+        "records_per_file": read_stats.records_per_file,
         "files_read": read_stats.files,
         "seconds": round(elapsed, 3),
     }
@@ -408,6 +421,7 @@ def preprocess(
     batch_size: int = 256,
     on_bad_record: str = "skip",
     min_sequences: int = 1,
+    max_bad_record_fraction: float = DEFAULT_MAX_BAD_RECORD_FRACTION,
     revision: str | None = None,
     trust_remote_code: bool = False,
     config_used: Mapping[str, Any] | None = None,
@@ -438,6 +452,7 @@ def preprocess(
         batch_size=batch_size,
         on_bad_record=on_bad_record,
         min_sequences=min_sequences,
+        max_bad_record_fraction=max_bad_record_fraction,
     )
     manifest = {
         "spectra_version": __version__,
