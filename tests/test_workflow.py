@@ -411,6 +411,14 @@ def random_bytes(path: Path) -> None:
     path.write_bytes(np.random.default_rng(0).bytes(4096))
 
 
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def mostly_bad(path: Path) -> None:
+    (path.parent / "example_zz_bad.jsonl").write_text("{not json}\n" * 50)
+
+
 def malformed_line(path: Path) -> None:
     (path.parent / "example_zz_bad.jsonl").write_text('{"text": "cut off\n')
 
@@ -425,6 +433,14 @@ BAD_INPUTS = {
     "zst_of_random_bytes": (
         lambda w, t: f"data:\n  source: {damaged_demo_corpus(w, t, random_bytes)}\n",
         "not a zstd file",
+    ),
+    "truncated_zst": (
+        lambda w, t: f"data:\n  source: {damaged_demo_corpus(w, t, cut_in_half)}\n",
+        "truncated: the file ends inside zstd frame",
+    ),
+    "mostly_malformed_file": (
+        lambda w, t: f"data:\n  source: {damaged_demo_corpus(w, t, mostly_bad)}\n",
+        "more than data.max_bad_record_fraction=0.01 allows",
     ),
     "on_bad_record_fail": (
         lambda w, t: (
