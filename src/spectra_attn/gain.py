@@ -187,6 +187,8 @@ def atlas_gains(parts: list[str]) -> pd.DataFrame:
     """OLS gain of each metric against ln(scale) for every (layer, head), over per-scale means
     across all samples, and each head's percentile of max_attn gain among all heads."""
     rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    # Means summed in one order whatever order the parts come in: the same bytes on every rerun.
+    rows = rows.sort_values(["layer", "head", "scale", "sample_id"], kind="stable")
     means = rows.groupby(["layer", "head", "scale"])[list(GAIN_METRICS)].mean().reset_index()
     records = []
     for (layer, head), group in means.groupby(["layer", "head"], sort=True):
