@@ -22,7 +22,8 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.workflow import claim_job_gpus, setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
+    claim_job_gpus(snakemake)  # noqa: F821
     main(snakemake)  # noqa: F821

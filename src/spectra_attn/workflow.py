@@ -104,6 +104,16 @@ def stale_lock_hint(workdir: Path, argv: list[str]) -> str | None:
     )
 
 
+def claim_job_gpus(snakemake) -> list[str]:
+    """Give a model job the GPUs it declares (``resources: gpu=k``) and no other job's, before
+    CUDA starts (spectra_attn.gpus); nothing for a job told to run on the CPU."""
+    from spectra_attn import gpus
+
+    if snakemake.params.model.get("device") == "cpu":
+        return []
+    return gpus.claim(int(getattr(snakemake.resources, "gpu", 0) or 0))
+
+
 class Terminated(SystemExit):
     """The job was sent SIGTERM (Snakemake cancelling it, SLURM's time limit, a SageMaker stop)."""
 
