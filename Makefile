@@ -7,14 +7,15 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit
+.PHONY: setup demo test lint unit lock
 
-$(BIN)/spectra: pyproject.toml
+$(BIN)/spectra: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: a bare or ranged torch requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# The versions the tests passed with (requirements/constraints.txt), not whatever is newest.
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e ".[dev]"
 	touch $@
 
 setup: $(BIN)/spectra
@@ -33,3 +34,9 @@ unit: setup
 
 test: lint
 	$(BIN)/pytest
+
+# After upgrading .venv on purpose (and the tests passing): record its versions as the constraints.
+lock: setup
+	{ sed -n '/^#/p' requirements/constraints.txt; \
+	  $(BIN)/pip freeze --exclude-editable | sed -E 's/\+[a-z0-9.]+$$//' | LC_ALL=C sort -f; } \
+	  > requirements/constraints.txt.new && mv requirements/constraints.txt.new requirements/constraints.txt

@@ -1,4 +1,6 @@
-"""The conda environments in envs/ ask for the same packages and versions as pyproject.toml."""
+"""The environments are reproducible and in step: requirements/constraints.txt (the versions the
+tests passed with) satisfies pyproject.toml's ranges and is what make setup installed; the conda
+environments in envs/ pin exactly those versions of packages pyproject.toml lists."""
 
 from __future__ import annotations
 
@@ -22,18 +24,71 @@ def project_requirements() -> dict[str, str]:
     return dict(split(r) for r in project["dependencies"])
 
 
+def constraints() -> dict[str, str]:
+    pinned = {}
+    for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[name.lower().replace("_", "-")] = version
+    return pinned
+
+
+def all_project_requirements() -> dict[str, list[str]]:
+    """Every requirement of pyproject.toml, the extras' included: name → its specifiers."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    found: dict[str, list[str]] = {}
+    for requirement in [
+        *project["dependencies"],
+        *sum(project["optional-dependencies"].values(), []),
+    ]:
+        name, spec = split(re.sub(r"\[.*?\]", "", requirement))
+        found.setdefault(name, []).append(spec)
+    return found
+
+
 @pytest.mark.parametrize("env", sorted(p.name for p in (ROOT / "envs").glob("*.yaml")))
-def test_env_matches_pyproject(env):
+def test_env_pins_the_tested_versions(env):
     content = yaml.safe_load((ROOT / "envs" / env).read_text())
     pip = next(d["pip"] for d in content["dependencies"] if isinstance(d, dict) and "pip" in d)
-    declared = project_requirements()
+    declared, pinned = project_requirements(), constraints()
     for requirement in pip:
         name, spec = split(requirement)
         assert name in declared, f"{env}: {name} is not a dependency in pyproject.toml"
-        assert spec == declared[name], (
-            f"{env}: {name}{spec} but pyproject.toml says {declared[name]}"
+        assert spec == f"=={pinned[name]}", (
+            f"{env}: {name}{spec} but requirements/constraints.txt has {pinned[name]}"
         )
     assert (ROOT / "envs" / env.replace(".yaml", ".post-deploy.sh")).is_file()
+
+
+def test_constraints_satisfy_pyproject():
+    from packaging.specifiers import SpecifierSet
+
+    pinned = constraints()
+    for name, specs in all_project_requirements().items():
+        assert name in pinned, f"{name} (pyproject.toml) has no version in constraints.txt"
+        for spec in specs:
+            assert SpecifierSet(spec).contains(pinned[name]), f"{name}=={pinned[name]} vs {spec}"
+
+
+def test_installed_versions_are_the_constraints():
+    """What make setup installed (with -c requirements/constraints.txt) is what the file says;
+    a package put on the path from elsewhere (an overlay of another transformers) is not judged."""
+    import sys
+    from importlib import metadata
+
+    mismatched = []
+    for name, version in constraints().items():
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            mismatched.append(f"{name} not installed")
+            continue
+        if not str(distribution.locate_file("")).startswith(sys.prefix):
+            continue
+        installed = distribution.version.split("+")[0]
+        if installed != version:
+            mismatched.append(f"{name}: {installed} installed, {version} in constraints.txt")
+    assert not mismatched, "; ".join(mismatched) + " (make setup, or make lock after an upgrade)"
 
 
 def test_every_rule_uses_an_existing_env():
