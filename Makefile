@@ -1,20 +1,20 @@
 # Two entry points for a fresh machine: `make demo` (set up, run the offline demo workflow) and
 # `make test` (set up, run linters and the test suite). Both create ./.venv first.
 PYTHON ?= python3
-# The CPU build on this project's machines; on a GPU machine set e.g. TORCH=torch==2.13.0 from
-# the CUDA index, or install torch into .venv yourself before `make setup`.
-TORCH ?= torch==2.13.0
+# scripts/install.sh installs torch first, pinned (its default: torch==2.13.0, the CPU build on
+# this project's machines), then the package; the Docker and Apptainer images run the same script.
+# On a GPU machine set e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128, or TORCH=...
+# for another pinned build, or install torch into .venv yourself before `make setup`.
+TORCH ?=
+TORCH_INDEX_URL ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint unit
 
-$(BIN)/spectra: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: a bare or ranged torch requirement would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+$(BIN)/spectra: pyproject.toml scripts/install.sh
+	PYTHON="$(PYTHON)" TORCH="$(TORCH)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
+		sh scripts/install.sh $(VENV) dev
 	touch $@
 
 setup: $(BIN)/spectra
@@ -27,6 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
+	$(BIN)/hadolint Dockerfile
 
 unit: setup
 	$(BIN)/pytest -m "not integration"
