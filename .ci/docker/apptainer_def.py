@@ -1,6 +1,7 @@
 """Read spectra.def the way `apptainer build` does, as far as a script can without Apptainer.
 
     python .ci/docker/apptainer_def.py spectra.def [NAME=VALUE ...]
+    python .ci/docker/apptainer_def.py spectra.def --section environment
 
 prints a shell script that does the build's steps inside a container of the base image (run by
 .ci/docker/apptainer_post.sh under Docker, the checkout mounted at /ctx): %setup with
@@ -85,6 +86,9 @@ def main(argv: list[str]) -> None:
     path = Path(argv[0])
     header, sections = parse(path.read_text())
     values = arguments(sections.get("arguments", []))
+    if argv[1:2] == ["--section"]:  # one section as the image holds it (%environment's file)
+        print(substitute("\n".join(sections.get(argv[2], [])), values))
+        return
     values |= dict(item.split("=", 1) for item in argv[1:])
     header = {key: substitute(value, values) for key, value in header.items()}
     body = {name: substitute("\n".join(lines), values) for name, lines in sections.items()}
@@ -105,7 +109,8 @@ def main(argv: list[str]) -> None:
     )
     print(f"cat > /tmp/runscript <<'SPECTRA_RUN'\n{body.get('runscript', '')}\nSPECTRA_RUN")
     print(
-        "(cd /opt/spectra && . /tmp/90-environment.sh && sh /tmp/runscript config show | head -3)"
+        "(cd /opt/spectra && . /tmp/90-environment.sh"
+        " && sh /tmp/runscript config show >/tmp/config.txt && head -3 /tmp/config.txt)"
     )
 
 
