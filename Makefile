@@ -1,10 +1,11 @@
 # Two entry points for a fresh machine: `make demo` (set up, run the offline demo workflow) and
 # `make test` (set up, run linters and the test suite). Both create ./.venv first.
 PYTHON ?= python3
-# scripts/install.sh installs torch first, pinned (its default: torch==2.13.0, the CPU build on
-# this project's machines), then the package; the Docker and Apptainer images run the same script.
-# On a GPU machine set e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128, or TORCH=...
-# for another pinned build, or install torch into .venv yourself before `make setup`.
+# scripts/install.sh installs torch first, pinned (its default torch==2.13.0: the CPU build from
+# this project's machines' local wheel, PyPI's CUDA 13.0 build on a Linux GPU machine), then the
+# package; the Docker and Apptainer images run the same script. TORCH=... for another pinned
+# build, TORCH_INDEX_URL=... for another index (https://download.pytorch.org/whl/cu128 for older
+# drivers, .../whl/cpu), or install torch into .venv yourself before `make setup`.
 TORCH ?=
 TORCH_INDEX_URL ?=
 VENV := .venv

@@ -9,8 +9,10 @@
 #      host's network (--network host);
 #   4. run it without a network (--network none): spectra --version, spectra config show, the
 #      demo's dry run (snakemake -n), its plugins, the user it runs as;
-#   5. run the Apptainer definition's %post (spectra.def) in the same base under Docker, since no
-#      Apptainer can be installed here (.ci/docker/apptainer_post.sh).
+#   5. run the Apptainer definition's %setup, %files, %post and %test (spectra.def) in the same
+#      base under Docker, since no Apptainer can be installed here (.ci/docker/apptainer_post.sh);
+#   6. run the demo with --sdm apptainer, each job in the image through a Docker-backed stand-in
+#      for apptainer (.ci/docker/apptainer_demo.sh; SPECTRA_IMAGE_DEMO=0 skips it).
 # Needs a running dockerd (.ci/docker/start.sh). Prints PASS or FAIL per step and exits non-zero
 # on the first failure. SPECTRA_IMAGE_TAG names the image (default spectra:ci).
 set -euo pipefail
@@ -101,3 +103,14 @@ started=$(date +%s)
 bash .ci/docker/apptainer_post.sh "$base" >"$log_dir/apptainer_post.log" 2>&1 &&
     { tail -3 "$log_dir/apptainer_post.log"; pass apptainer-post; } ||
     { tail -40 "$log_dir/apptainer_post.log" >&2; fail apptainer-post; }
+
+step "the demo with --sdm apptainer (jobs in $tag through .ci/docker/fake-apptainer)"
+started=$(date +%s)
+if [[ "${SPECTRA_IMAGE_DEMO:-1}" == 0 ]]; then
+    echo "SKIP apptainer-demo (SPECTRA_IMAGE_DEMO=0)"
+else
+    bash .ci/docker/apptainer_demo.sh "$tag" && pass apptainer-demo || {
+        tail -40 "$log_dir/sdm-apptainer.log" >&2
+        fail apptainer-demo
+    }
+fi
