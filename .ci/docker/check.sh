@@ -14,12 +14,13 @@
 #   6. run the demo with --sdm apptainer, each job in the image through a Docker-backed stand-in
 #      for apptainer (.ci/docker/apptainer_demo.sh; SPECTRA_IMAGE_DEMO=0 skips it).
 # Needs a running dockerd (.ci/docker/start.sh). Prints PASS or FAIL per step and exits non-zero
-# on the first failure. SPECTRA_IMAGE_TAG names the image (default spectra:ci).
+# on the first failure. SPECTRA_IMAGE_TAG names the image (default spectra:ci), SPECTRA_BASE_TAG the
+# base (default spectra-ci-base:bookworm, reused if it exists).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DOCKER_BUILDKIT=0  # the classic builder: Debian's docker.io has no buildx
 tag=${SPECTRA_IMAGE_TAG:-spectra:ci}
-base=spectra-ci-base:bookworm
+base=${SPECTRA_BASE_TAG:-spectra-ci-base:bookworm}
 wheels=${SPECTRA_IMAGE_WHEELS:-/opt/wheels}
 log_dir=${DOCKER_TEST_DIR:-/tmp/spectra-docker}
 mkdir -p "$log_dir"
