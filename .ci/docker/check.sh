@@ -89,7 +89,7 @@ head -5 "$log_dir/config.txt"
 echo "... ($(wc -l <"$log_dir/config.txt") lines)"
 run --entrypoint snakemake "$tag" -n --cores 1 --resources gpu=1 >"$log_dir/dryrun.txt" 2>&1 ||
     { tail -30 "$log_dir/dryrun.txt" >&2; fail "snakemake -n"; }
-sed -n '/^Job stats:/,/^$/p' "$log_dir/dryrun.txt"
+awk '/^Job stats:/ {on = 1} on && /^$/ {exit} on' "$log_dir/dryrun.txt"  # the first table
 grep -q 'This was a dry-run' "$log_dir/dryrun.txt" || fail "snakemake -n (no dry-run summary)"
 run --entrypoint sh "$tag" -c 'set -e
     echo "user $(id -un) ($(id -u)), in $(pwd), python $(python --version 2>&1 | cut -d" " -f2)"
@@ -102,7 +102,8 @@ pass smoke
 step "Apptainer definition: spectra.def's %post in $base"
 started=$(date +%s)
 bash .ci/docker/apptainer_post.sh "$base" >"$log_dir/apptainer_post.log" 2>&1 &&
-    { tail -3 "$log_dir/apptainer_post.log"; pass apptainer-post; } ||
+    { grep -E '^spectra [0-9]|^Spectra configuration|imports' "$log_dir/apptainer_post.log"
+        pass apptainer-post; } ||
     { tail -40 "$log_dir/apptainer_post.log" >&2; fail apptainer-post; }
 
 step "the demo with --sdm apptainer (jobs in $tag through .ci/docker/fake-apptainer)"
