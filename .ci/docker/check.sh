@@ -44,8 +44,8 @@ bash .ci/docker/base.sh "$base" && pass base || fail base
 
 step "wheelhouse: torch 2.13.0 (CPU) and the extras' dependencies, served on 127.0.0.1"
 started=$(date +%s)
-# The build cannot reach PyPI itself: the host reaches it through a proxy whose certificate the
-# base image does not trust. So the host's pip (its configuration: here a local CPU wheel of
+# The build cannot reach PyPI itself: here PyPI's TLS certificate chain is signed by a CA that
+# only the host's bundle holds (pip's `cert` setting), not the base image's. So the host's pip (its configuration: here a local CPU wheel of
 # torch) builds the wheels, for the base's Python (3.11, as the host's), and a local web server
 # serves them to the build (PIP_FIND_LINKS with PIP_NO_INDEX).
 wheelhouse=$log_dir/wheelhouse
@@ -57,7 +57,8 @@ torch=(torch==2.13.0)
 compgen -G "$wheels/torch-2.13.0+cpu-*.whl" >/dev/null ||
     torch=(--extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu)
 "$python" -m pip wheel --quiet --find-links "$wheels" -w "$wheelhouse" "${torch[@]}" \
-    ".[workflow,slurm,sagemaker]" pip "setuptools>=77" 2>&1 | grep -v 'is ignored' || true
+    ".[workflow,slurm,sagemaker]" pip "setuptools>=77" >"$log_dir/wheelhouse.log" 2>&1 ||
+    { grep -v 'is ignored' "$log_dir/wheelhouse.log" | tail -20 >&2; fail wheelhouse; }
 ls "$wheelhouse"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || fail "wheelhouse (no CPU torch 2.13.0)"
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$python" -m http.server "$port" --bind 127.0.0.1 --directory "$wheelhouse" >"$log_dir/wheels.log" 2>&1 &
