@@ -17,7 +17,7 @@ debootstrap --variant=minbase bookworm "$root" "$mirror" >"$root.log" 2>&1 || {
     exit 1
 }
 rm -f "$root.log"
-# debootstrap leaves the host's name resolution behind; Docker writes its own at run time.
+# The downloaded packages and lists are not needed in the base (the Dockerfile runs apt-get update).
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 tar -C "$root" -c . | docker import --change 'CMD ["bash"]' - "$tag" >/dev/null
 docker image ls "$tag"
