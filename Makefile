@@ -1,21 +1,21 @@
 # Two entry points for a fresh machine: `make demo` (set up, run the offline demo workflow) and
 # `make test` (set up, run linters and the test suite). Both create ./.venv first.
 PYTHON ?= python3
-# The CPU build on this project's machines; on a GPU machine set e.g. TORCH=torch==2.13.0 from
-# the CUDA index, or install torch into .venv yourself before `make setup`.
-TORCH ?= torch==2.13.0
+# scripts/install.sh installs torch first, pinned (its default torch==2.13.0: the CPU build from
+# this project's machines' local wheel, PyPI's CUDA 13.0 build on a Linux GPU machine), then the
+# package; the Docker and Apptainer images run the same script. TORCH=... for another pinned
+# build, TORCH_INDEX_URL=... for another index (https://download.pytorch.org/whl/cu128 for older
+# drivers, .../whl/cpu), or install torch into .venv yourself before `make setup`.
+TORCH ?=
+TORCH_INDEX_URL ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint unit lock
 
-$(BIN)/spectra: pyproject.toml requirements/constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: a bare or ranged torch requirement would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet "$(TORCH)"
-	# The versions the tests passed with (requirements/constraints.txt), not whatever is newest.
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+$(BIN)/spectra: pyproject.toml requirements/constraints.txt scripts/install.sh
+	PYTHON="$(PYTHON)" TORCH="$(TORCH)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
+		sh scripts/install.sh $(VENV) dev
 	touch $@
 
 setup: $(BIN)/spectra
@@ -28,6 +28,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
+	$(BIN)/hadolint Dockerfile
 
 unit: setup
 	$(BIN)/pytest -m "not integration"
