@@ -69,7 +69,7 @@ GATE_TITLES = {
 METRIC_WORDS = {
     "max_attn": "max attention",
     "entropy": "attention entropy",
-    "k_eff": "k_eff (keys for 90% of the mass)",
+    "k_eff": "k_eff (effective number of keys)",
 }
 
 
@@ -225,8 +225,7 @@ def _trend_rows(trends: pd.DataFrame) -> list[list[str]]:
             "as expected",
         ]
     ]
-    ordered = trends.assign(order=trends["role"].map(_role_order)).sort_values(["order", "metric"])
-    for row in ordered.itertuples():
+    for row in _ordered(trends).itertuples():
         rows.append(
             [
                 f"{head_name({'layer': row.layer, 'head': row.head})} ({row.role})",
@@ -245,10 +244,18 @@ def _role_order(role: str) -> int:
     return {"target": 0, "control": 1}.get(role, 2)
 
 
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    """Target first, then control; max_attn (the verdict's metric), entropy, k_eff."""
+    metric_order = {metric: i for i, metric in enumerate(METRIC_WORDS)}
+    return frame.assign(
+        _role=frame["role"].map(_role_order),
+        _metric=frame["metric"].map(lambda m: metric_order.get(m, len(metric_order))),
+    ).sort_values(["_role", "layer", "head", "_metric"], kind="stable")
+
+
 def _gain_rows(gains: pd.DataFrame) -> list[list[str]]:
     rows = [["head", "metric", "gain per unit ln s", "95% CI", "R²"]]
-    ordered = gains.assign(order=gains["role"].map(_role_order)).sort_values(["order", "metric"])
-    for row in ordered.itertuples():
+    for row in _ordered(gains).itertuples():
         rows.append(
             [
                 f"{head_name({'layer': row.layer, 'head': row.head})} ({row.role})",
