@@ -193,7 +193,7 @@ def test_downstream_cost_and_trends_tables():
     assert "## Downstream cost" in markdown and "## Expected and observed direction" in markdown
     cost = next(b.rows for b in content.blocks if b.kind == "table" and "KL" in b.rows[0][-1])
     assert len(cost) == 1 + 2 * 3  # two heads × three scales
-    at_one = [row for row in cost[1:] if row[1] == "1.00"]
+    at_one = [row for row in cost[1:] if row[1] == "1"]
     assert [row[3] for row in at_one] == ["0", "0"]
     assert "gate" in tables
 

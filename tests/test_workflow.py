@@ -8,6 +8,7 @@ checkout's own results/ and a test that edits a module edits the copy.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,27 @@ def test_analysis_outputs_and_report(demo_run):
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workdir / "report.html").read_text(errors="ignore")
     assert "Verdict" in html and "Gain" in html and "Configuration" in html
+
+
+def test_report_and_verdict_page_in_a_browser(demo_run):
+    """As a person sees them: headless Chromium opens the demo's verdict page (its verdict
+    sentence there, no console message) and the Snakemake report (its Verdict and Provenance
+    sections there, no uncaught script error)."""
+    import html
+
+    from tests.browser import chromium, open_page
+
+    chromium()  # skips without it
+    workdir, _, _ = demo_run
+    run = workdir / "results" / "demo"
+    dom, console = open_page(run / "plots" / "verdict.html")
+    assert console == []
+    assert re.search(r"max_attn gain is [−0-9.]+× the control's \(95% CI", html.unescape(dom))
+    result = snakemake(workdir, "--report", "browser_report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    dom, console = open_page(workdir / "browser_report.html")
+    assert not [message for message in console if "Uncaught" in message], console
+    assert "Verdict" in dom and "Provenance" in dom
 
 
 def test_automatic_head_selection_runs_through_the_checkpoint(demo_run, tmp_path):

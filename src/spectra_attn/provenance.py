@@ -371,11 +371,11 @@ def summary_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("model id (sha256 over files)", str(model.get("id"))))
     if corpus:
         shards = corpus.get("shards") or {}
+        count = f"{len(shards)} shard{'s' if len(shards) != 1 else ''}"
         rows.append(
             (
                 "corpus",
-                f"{len(shards)} shards of {corpus.get('manifest')}, "
-                f"sha256 over them {corpus.get('sha256')}",
+                f"{count} of {corpus.get('manifest')}, sha256 over them {corpus.get('sha256')}",
             )
         )
     rows.append(("configuration sha256", str(record.get("config_sha256"))))

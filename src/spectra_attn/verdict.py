@@ -270,7 +270,9 @@ def _gain_rows(gains: pd.DataFrame) -> list[list[str]]:
 
 def _cost_rows(sweep: pd.DataFrame) -> list[list[str]]:
     """Mean loss and KL per scale and head, with the loss change from scale 1."""
-    rows = [["head", "scale s", "loss (nats/token)", "Δ loss vs s = 1", "KL from unscaled (nats)"]]
+    rows = [
+        ["head", "scale s", "loss (nats/token)", "Δ loss vs s = 1", "KL from unscaled (nats/token)"]
+    ]
     means = sweep.groupby(["role", "layer", "head", "scale"], sort=True)[["loss", "kl"]].mean()
     means = means.reset_index()
     means["order"] = means["role"].map(_role_order)
@@ -281,7 +283,7 @@ def _cost_rows(sweep: pd.DataFrame) -> list[list[str]]:
             rows.append(
                 [
                     f"L{layer} H{head} ({role})",
-                    num(row.scale),
+                    f"{row.scale:g}",
                     num(row.loss, 4),
                     ("+" if delta > 0 else "") + num(delta, 2),
                     num(row.kl, 2),
@@ -347,7 +349,7 @@ def _caveats(
         )
     if settings.demo_model:
         caveats.append(
-            "Demo model: a small model trained for a few hundred steps on the synthetic demo "
+            "Demo model: a small model trained for a few hundred steps on the offline demo "
             "corpus. The numbers exercise the pipeline; they say nothing about real LLMs."
         )
     return caveats
@@ -422,7 +424,7 @@ def build(
         scales = sorted(float(s) for s in sweep["scale"].unique())
         facts.append(
             f"{n_samples} sequences per head at {len(scales)} query scales "
-            f"({', '.join(num(s) for s in scales)})."
+            f"({', '.join(f'{s:g}' for s in scales)})."
         )
     blocks.append(Block("ul", items=facts))
 
