@@ -310,3 +310,23 @@ def test_report_figures_writes_every_declared_file(tmp_path):
     }
     with pytest.raises(ValueError, match="gain_fits"):
         plots.report_figures(sweep, make_gain(sweep), VERDICT, None, None, None, {"panels": "x"})
+
+
+def test_loss_change_is_paired_by_sample():
+    sweep = make_sweep()
+    table = plots.loss_change(sweep)
+    row = table[(table["role"] == "target") & (table["scale"] == 2.0)].iloc[0]
+    base = sweep[
+        (sweep["role"] == "target")
+        & (sweep["scale"] == 1.0)
+        & (sweep["sample_id"] == row.sample_id)
+    ]["loss"].item()
+    assert row.loss_change == pytest.approx(row.loss - base)
+    assert (table.loc[table["scale"] == 1.0, "loss_change"] == 0).all()
+
+
+def test_downstream_without_scale_one_plots_the_loss(tmp_path):
+    sweep = make_sweep()
+    plots.plot_downstream(sweep[sweep["scale"] != 1.0], tmp_path / "fig")
+    assert (tmp_path / "fig.png").is_file()
+    assert plots.loss_change(sweep[sweep["scale"] != 1.0])["loss_change"].isna().all()

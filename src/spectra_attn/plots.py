@@ -70,6 +70,7 @@ METRIC_TITLES = {
     "k_eff": "Effective keys k_eff",
     "sink_attn": "Attention on the first token (sink)",
     "loss": "Next-token loss",
+    "loss_change": "Change of next-token loss from s = 1",
     "kl": "KL(baseline ‖ intervened)",
 }
 METRIC_LABELS = {
@@ -79,6 +80,7 @@ METRIC_LABELS = {
     "k_eff": "k_eff (keys holding the mass threshold)",
     "sink_attn": "attention on position 0 (probability)",
     "loss": "next-token loss (nats / token)",
+    "loss_change": "loss(s) − loss(1) (nats / token)",
     "kl": "KL(baseline ‖ intervened) (nats / token)",
 }
 GAIN_LABELS = {
@@ -363,10 +365,31 @@ def plot_intervention_panels(sweep: pd.DataFrame, stem: str | Path) -> None:
     _scale_panels(sweep, INTERVENTION_METRICS, stem, "Query scaling: attention of the scaled head")
 
 
+def loss_change(sweep: pd.DataFrame) -> pd.DataFrame:
+    """``sweep`` with ``loss_change``: each sample's loss minus its own loss at scale 1 for the
+    same head (paired, so the spread between sequences cancels); None where a head has no
+    scale 1."""
+    at_one = sweep[np.isclose(sweep["scale"].astype(np.float64), 1.0)]
+    keys = ["layer", "head", "role", "sample_id"]
+    base = at_one[keys + ["loss"]].rename(columns={"loss": "loss_at_one"})
+    joined = sweep.merge(base, on=keys, how="left")
+    return joined.assign(loss_change=joined["loss"] - joined["loss_at_one"]).drop(
+        columns="loss_at_one"
+    )
+
+
 def plot_downstream(sweep: pd.DataFrame, stem: str | Path) -> None:
-    """Next-token loss and KL(baseline ‖ intervened) against the query scale, one line per head,
-    mean over samples with a 95% CI band."""
-    _scale_panels(sweep, DOWNSTREAM_METRICS, stem, "Query scaling: effect on the model output")
+    """The change of each sample's next-token loss from its loss at s = 1 (paired: the loss
+    itself varies far more between sequences than with s), and KL(baseline ‖ intervened),
+    against the query scale, one line per head, mean over samples with a 95% CI band. Without
+    scale 1 in the sweep, the loss itself."""
+    _require(sweep, ["layer", "head", "role", "scale", "sample_id", "loss"], "sweep")
+    table = loss_change(sweep)
+    paired = table["loss_change"].notna().all()
+    metrics = ("loss_change", "kl") if paired else DOWNSTREAM_METRICS
+    _scale_panels(
+        table if paired else sweep, metrics, stem, "Query scaling: effect on the model output"
+    )
 
 
 def _gain_row(gain: pd.DataFrame, layer: int, head: int, metric: str) -> pd.Series:
