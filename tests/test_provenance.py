@@ -86,8 +86,15 @@ def test_workflow_identity_reads_git(tmp_path):
     assert outside["git_commit"] is None and outside["git_dirty"] is None
 
 
-def record(tmp_path: Path, weights: bytes = b"weights", shard: str = "ab", seed: int = 0):
-    run = provenance.run_identity(tmp_path / "no-git", {"seed": seed})
+def record(
+    tmp_path: Path,
+    weights: bytes = b"weights",
+    shard: str = "ab",
+    seed: int = 0,
+    rope: str = "pre",
+):
+    config = {"seed": seed, "capture": {"rope": rope}}
+    run = provenance.run_identity(tmp_path / "no-git", config)
     return provenance.collect(
         run,
         model=make_model(tmp_path / f"model-{weights.hex()}", weights),
@@ -155,7 +162,7 @@ def test_consistent_folder(tmp_path, capsys):
     [
         ({"weights": b"other"}, "sweep", "model differs"),
         ({"shard": "cd"}, "part_0001", "corpus differs"),
-        ({"seed": 1}, "database", "configuration differs"),
+        ({"rope": "post"}, "database", "configuration differs"),
     ],
 )
 def test_inconsistent_folder_names_what_differs(tmp_path, capsys, changed, which, words):
@@ -168,6 +175,17 @@ def test_inconsistent_folder_names_what_differs(tmp_path, capsys, changed, which
     assert words in capsys.readouterr().out
 
 
+def test_other_analysis_settings_are_noted_not_inconsistent(tmp_path):
+    """Sweeps rerun under another seed (or scales) beside the same capture: consistent, with a
+    note that the configurations differ outside the shared sections."""
+    folder = make_results(
+        tmp_path / "results", {"default": record(tmp_path), "sweep": record(tmp_path, seed=5)}
+    )
+    consistent, text = provenance.check_folder(folder)
+    assert consistent, text
+    assert "made under 2 configurations that differ only outside data, model" in text
+
+
 def test_output_without_provenance_is_inconsistent(tmp_path):
     folder = make_results(tmp_path / "results", {"default": record(tmp_path), "sweep": None})
     consistent, text = provenance.check_folder(folder)
@@ -178,8 +196,29 @@ def test_output_without_provenance_is_inconsistent(tmp_path):
 def test_empty_folder_and_common(tmp_path):
     consistent, text = provenance.check_folder(tmp_path)
     assert not consistent and "no outputs" in text
-    rec, other = record(tmp_path), record(tmp_path, seed=3)
+    rec, other = record(tmp_path), record(tmp_path, rope="post")
     assert provenance.common([rec, rec]) == rec
     assert provenance.common([rec, other]) is None
     assert provenance.common([rec, None]) is None
     assert spectra(["provenance", str(tmp_path / "missing")]) == 2
+
+
+def test_hub_model_identity_is_the_resolved_revision(monkeypatch):
+    import transformers
+
+    class Config:
+        _commit_hash = "0123456789abcdef0123456789abcdef01234567"
+
+    calls = []
+
+    def from_pretrained(name, revision=None, trust_remote_code=False):
+        calls.append((name, revision))
+        return Config()
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    identity = provenance.model_identity("org/model", "main")
+    assert calls == [("org/model", "main")]
+    assert identity["source"] == "hub" and identity["revision"] == "main"
+    assert identity["id"] == f"org/model@{Config._commit_hash}"
+    rows = dict(provenance.summary_rows({"model": identity}))
+    assert rows["model"] == f"org/model revision main → {Config._commit_hash}"

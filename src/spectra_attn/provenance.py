@@ -39,8 +39,13 @@ JSON_KEY = "provenance"
 IDENTITIES = {
     "corpus": ("corpus", "sha256"),
     "model": ("model", "id"),
-    "configuration": ("config_sha256",),
+    "configuration": ("config_shared_sha256",),
 }
+# The configuration every output depends on (the shards, the model, how a metric is defined): what
+# outputs must share. The rest (intervention, atlas, gain, ...) may differ between, say, capture
+# parts and sweeps rerun with other scales: the full hash (config_sha256) is reported, and its
+# differences noted, but they do not make a folder inconsistent.
+SHARED_SECTIONS = ("data", "model", "capture", "device")
 # Configuration keys that only size batches or memory, and so change no result: left out of the
 # configuration's hash, as the workflow keeps them out of the params that rerun jobs.
 RESOURCE_KEYS = (
@@ -92,8 +97,14 @@ def config_sha256(config: Mapping[str, Any]) -> str:
 
 
 def run_identity(basedir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    """What the Snakemake process knows: :func:`workflow_identity` and :func:`config_sha256`."""
-    return {**workflow_identity(basedir), "config_sha256": config_sha256(config)}
+    """What the Snakemake process knows: :func:`workflow_identity`, :func:`config_sha256` of the
+    whole configuration and of its :data:`SHARED_SECTIONS`."""
+    shared = {key: config[key] for key in SHARED_SECTIONS if key in config}
+    return {
+        **workflow_identity(basedir),
+        "config_sha256": config_sha256(config),
+        "config_shared_sha256": config_sha256(shared),
+    }
 
 
 def _combined(entries: Mapping[str, str]) -> str:
@@ -318,6 +329,7 @@ def check_records(records: Mapping[str, dict[str, Any] | None], where: str) -> t
                 )
                 problems.append(f"  {_short(value)}: {shown}")
     commits = {(r.get("git_commit"), r.get("git_dirty")) for r in present.values()}
+    configurations = {r.get("config_sha256") for r in present.values()}
     if present:
         reference = next(iter(present.values()))
         lines += [f"  {label}: {value}" for label, value in summary_rows(reference)]
@@ -327,6 +339,11 @@ def check_records(records: Mapping[str, dict[str, Any] | None], where: str) -> t
             + ", ".join(
                 f"{_short(c)}{' (dirty)' if d else ''}" for c, d in sorted(commits, key=str)
             )
+        )
+    if len(configurations) > 1 and "configuration" not in differing:
+        lines.append(
+            f"  note: made under {len(configurations)} configurations that differ only outside "
+            f"{', '.join(SHARED_SECTIONS)} (e.g. a sweep rerun with other scales)"
         )
     consistent = not problems
     lines.append(
@@ -379,6 +396,13 @@ def summary_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
             )
         )
     rows.append(("configuration sha256", str(record.get("config_sha256"))))
+    if record.get("config_shared_sha256"):
+        rows.append(
+            (
+                f"configuration sha256 of {', '.join(SHARED_SECTIONS)}",
+                str(record["config_shared_sha256"]),
+            )
+        )
     versions = ", ".join(f"{k} {v}" for k, v in runtime_.items() if k != "device" and v)
     if versions:
         rows.append(("software", versions))
