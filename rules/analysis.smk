@@ -197,7 +197,7 @@ rule provenance:
     input:
         capture=capture_parts(),
         sweeps=sweep_tables,
-        tokens=head_files(f"{RUN}/intervention/{{head}}/tokens.parquet"),
+        tokens=token_tables,
         database=rules.aggregate.output.database,
         verdict=rules.gain.output.verdict,
         code=package_code("provenance"),

@@ -229,6 +229,10 @@ def sweep_tables(wildcards):
     return head_files(f"{RUN}/intervention/{{head}}/sweep.parquet")
 
 
+def token_tables(wildcards):
+    return head_files(f"{RUN}/intervention/{{head}}/tokens.parquet")
+
+
 def trend_tables(wildcards):
     return head_files(f"{RUN}/intervention/{{head}}/trend_analysis.csv")
 
