@@ -250,7 +250,7 @@ def selected_heads_file(wildcards):
     """selected_heads.json with intervention.select: auto (the verdict page names the correlation
     that chose the heads); nothing with explicit heads."""
     if config["intervention"]["select"] == "auto":
-        return checkpoints.select_heads.get().output.heads
+        return [checkpoints.select_heads.get().output.heads]  # a list: input.selection is one too
     return []
 
 
