@@ -248,9 +248,10 @@ def check_reports(wildcards):
 
 def selected_heads_file(wildcards):
     """selected_heads.json with intervention.select: auto (the verdict page names the correlation
-    that chose the heads); nothing with explicit heads."""
+    that chose the heads); nothing with explicit heads. A list either way, so that
+    input.selection is one."""
     if config["intervention"]["select"] == "auto":
-        return [checkpoints.select_heads.get().output.heads]  # a list: input.selection is one too
+        return [checkpoints.select_heads.get().output.heads]
     return []
 
 
