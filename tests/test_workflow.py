@@ -268,6 +268,10 @@ def test_automatic_head_selection_runs_through_the_checkpoint(demo_run, tmp_path
     for h in heads:
         sweep = run / "intervention" / f"L{h['layer']}_H{h['head']}" / "sweep.parquet"
         assert len(pd.read_parquet(sweep)) == 64 * 5
+    # the verdict page names the chosen heads and the correlation that chose them
+    page = (run / "plots" / "verdict.md").read_text()
+    assert f"target L{target['layer']} H{target['head']}" in page
+    assert "select: auto" in page and f"ρ = {target['spearman_rho']:.2f}".replace("-", "−") in page
 
 
 def test_changing_one_heads_scales_reruns_only_that_head(demo_run, tmp_path):
