@@ -139,11 +139,6 @@ rule plots:
             caption="../report/gain_fits.rst",
             category="Gain",
         ),
-        verdict=report(
-            f"{RUN}/plots/verdict.html",
-            caption="../report/verdict.rst",
-            category="Verdict",
-        ),
         # Each figure is also written as SVG beside its PNG (for papers); declared so that
         # Snakemake tracks and cleans them too.
         svg=expand(
@@ -163,6 +158,64 @@ rule plots:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/plots.py"
+
+
+rule verdict_page:
+    input:
+        verdict=rules.gain.output.verdict,
+        gains=rules.gain.output.summary,
+        sweeps=sweep_tables,
+        trends=trend_tables,
+        checks=check_reports,
+        atlas_check=rules.check_atlas_vs_sweep.output.report,
+        atlas=rules.atlas_gain.output.gains,
+        head_summary=rules.aggregate.output.head_summary,
+        selection=selected_heads_file,
+        comparison=rules.plots.output.comparison,
+        panels=rules.plots.output.panels,
+        downstream=rules.plots.output.downstream,
+        atlas_figure=rules.plots.output.atlas,
+        code=package_code("verdict_page"),
+    output:
+        html=report(
+            f"{RUN}/plots/verdict.html",
+            caption="../report/verdict.rst",
+            category="Verdict",
+        ),
+        markdown=f"{RUN}/plots/verdict.md",
+    log:
+        f"{LOGS}/verdict_page.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        settings=verdict_settings(),
+    script:
+        "../workflow_scripts/verdict_page.py"
+
+
+rule provenance:
+    input:
+        capture=capture_parts(),
+        sweeps=sweep_tables,
+        tokens=token_tables,
+        database=rules.aggregate.output.database,
+        verdict=rules.gain.output.verdict,
+        code=package_code("provenance"),
+    output:
+        text=report(
+            f"{RUN}/provenance.txt",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
+    log:
+        f"{LOGS}/provenance.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        run_name=config["run_name"],
+    script:
+        "../workflow_scripts/provenance.py"
 
 
 rule describe_config:

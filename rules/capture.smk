@@ -44,6 +44,7 @@ rule capture:
         model_path=model_path,
         sample_range=capture_sample_range,
         capture=capture_settings(),
+        provenance=run_provenance,
     script:
         "../workflow_scripts/capture.py"
 

@@ -1,6 +1,7 @@
 # Helpers shared by rules/*.smk (config validation, output paths, input functions). No logic lives
 # here beyond choosing paths; the work is in the spectra_attn package (installed by `make setup`,
 # or by envs/*.post-deploy.sh inside a conda env).
+import functools
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 # Importing the package also sets OMP_WAIT_POLICY for the jobs (see spectra_attn/__init__.py).
 from spectra_attn import config as spectra_config
 from spectra_attn import preflight
+from spectra_attn import provenance as spectra_provenance
 from spectra_attn import shards as spectra_shards
 from spectra_attn.corpus import hub_cache_dir, is_hub_id
 from spectra_attn.gates import ATLAS_TOLERANCES, CHECKS
@@ -85,6 +87,20 @@ def model_path(wildcards, input):
     the input is not recorded by Snakemake (a "derived" param), so what identifies the model is
     passed as well, by model_settings()."""
     return input.model or config["model"]["name_or_path"]
+
+
+@functools.cache
+def _run_identity():
+    return spectra_provenance.run_identity(workflow.basedir, config)
+
+
+def run_provenance(wildcards, input):
+    """Spectra's version, the workflow's git commit and dirty flag, and the resolved
+    configuration's sha256 (spectra_attn.provenance.run_identity), computed once per Snakemake
+    process. A function of input: a "derived" param, which Snakemake does not record, so a new
+    commit, a dirty tree or an edited comment does not rerun every job; the jobs store it with
+    their outputs (the model, corpus, versions and device they add themselves)."""
+    return _run_identity()
 
 
 def tokenizer_settings():
@@ -231,6 +247,10 @@ def sweep_tables(wildcards):
     return head_files(f"{RUN}/intervention/{{head}}/sweep.parquet")
 
 
+def token_tables(wildcards):
+    return head_files(f"{RUN}/intervention/{{head}}/tokens.parquet")
+
+
 def trend_tables(wildcards):
     return head_files(f"{RUN}/intervention/{{head}}/trend_analysis.csv")
 
@@ -244,6 +264,25 @@ def check_reports(wildcards):
     ]
 
 
+def selected_heads_file(wildcards):
+    """selected_heads.json with intervention.select: auto (the verdict page names the correlation
+    that chose the heads); nothing with explicit heads. A list either way, so that
+    input.selection is one."""
+    if config["intervention"]["select"] == "auto":
+        return [checkpoints.select_heads.get().output.heads]
+    return []
+
+
+def verdict_settings():
+    """What the verdict page says about the run: spectra_attn.verdict.Settings's fields."""
+    return {
+        "select": config["intervention"]["select"],
+        "model": config["model"]["name_or_path"],
+        "demo_model": spectra_config.uses_demo_model(config),
+        "run_name": config["run_name"],
+    }
+
+
 def final_outputs(wildcards):
     """Everything the default target builds (an input function: with intervention.select: auto
     the heads are known only after the capture)."""
@@ -254,7 +293,9 @@ def final_outputs(wildcards):
         *intervention_outputs(),
         rules.aggregate.output.database,
         rules.gain.output.verdict,
-        rules.plots.output.verdict,
+        rules.verdict_page.output.html,
+        rules.verdict_page.output.markdown,
+        rules.provenance.output.text,
         rules.describe_config.output.text,
     ]
     if config["capture"]["export_csv"]:

@@ -50,6 +50,7 @@ rule intervention_sweep:
         scales=head_scales,
         n_samples=head_n_samples,
         capture=capture_settings(),
+        provenance=run_provenance,
     script:
         "../workflow_scripts/intervention_sweep.py"
 

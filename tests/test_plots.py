@@ -158,6 +158,58 @@ def figure_calls():
 CALLS = figure_calls()
 
 
+def atlas_of(layers: int, heads: int) -> pd.DataFrame:
+    rng = np.random.default_rng(layers * 100 + heads)
+    frame = pd.DataFrame(
+        [{"layer": layer, "head": head} for layer in range(layers) for head in range(heads)]
+    )
+    frame["gain_max_attn"] = rng.normal(0.05, 0.03, len(frame))
+    return frame
+
+
+# Every figure, and the atlas heatmap at the report's shapes: the demo model's 4 × 8 heads (whose
+# colour-bar label ran off the figure), a tiny model and a 32 × 32 one.
+SHAPES = {
+    f"atlas_{layers}x{heads}": lambda stem, layers=layers, heads=heads: plots.plot_heatmap(
+        atlas_of(layers, heads),
+        "gain_max_attn",
+        stem,
+        "Gain atlas: d max_attn / d ln s",
+        highlight=[(1, 0, "target"), (1, 1, "control")],
+    )
+    for layers, heads in ((4, 8), (2, 2), (32, 32), (12, 40))
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS) + sorted(SHAPES))
+def test_no_text_is_cut_off(name, tmp_path, monkeypatch):
+    """Every text of every figure lies inside the figure as saved (titles, labels, colour-bar
+    labels, tick labels, legends)."""
+    seen = []
+    save = plots.save_figure
+
+    def checked_save(fig, stem):
+        seen.append(plots.clipped_texts(fig))
+        return save(fig, stem)
+
+    monkeypatch.setattr(plots, "save_figure", checked_save)
+    (CALLS | SHAPES)[name](tmp_path / name)
+    assert seen == [[]]
+
+
+def test_clipped_texts_finds_text_past_an_edge():
+    """The check above fails on a figure whose text runs off an edge."""
+    fig = plt.figure(figsize=(4, 3))
+    try:
+        fig.text(0.5, 0.5, "inside")
+        assert plots.clipped_texts(fig) == []
+        fig.text(0.97, 0.5, "a label running off the right edge", rotation=0)
+        fig.text(0.5, 0.99, "over the top", va="bottom")
+        assert plots.clipped_texts(fig) == ["a label running off the right edge", "over the top"]
+    finally:
+        plt.close(fig)
+
+
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_figure_written_and_deterministic(name, tmp_path):
     outputs = {}
@@ -238,17 +290,15 @@ def test_gain_fit_unknown_head_raises(tmp_path):
 
 
 def test_report_figures_writes_every_declared_file(tmp_path):
-    """What the plots rule declares: each figure's PNG and SVG, the folders, the verdict page;
-    and nothing else."""
+    """What the plots rule declares: each figure's PNG and SVG and the folders; nothing else."""
     sweep = make_sweep()
     out = {name: tmp_path / f"{name}.png" for name in plots.REPORT_FIGURES}
     out |= {name: tmp_path / name for name in plots.REPORT_FOLDERS}
-    out["verdict"] = tmp_path / "verdict.html"
     plots.report_figures(
         sweep, make_gain(sweep), VERDICT, make_head_summary(), make_atlas(), make_positions(), out
     )
     expected = {f"{name}.{ext}" for name in plots.REPORT_FIGURES for ext in ("png", "svg")}
-    expected |= {*plots.REPORT_FOLDERS, "verdict.html"}
+    expected |= set(plots.REPORT_FOLDERS)
     assert {p.name for p in tmp_path.iterdir()} == expected
     heatmaps = {p.name for p in (tmp_path / "heatmaps").iterdir()}
     assert heatmaps == {f"{v}.{ext}" for v in plots.METRIC_HEATMAPS for ext in ("png", "svg")}
@@ -262,10 +312,21 @@ def test_report_figures_writes_every_declared_file(tmp_path):
         plots.report_figures(sweep, make_gain(sweep), VERDICT, None, None, None, {"panels": "x"})
 
 
-def test_verdict_html_escapes_every_value():
-    page = plots.verdict_html({"verdict": "a < b & c", "note": "<script>x</script>"})
-    root = ET.fromstring(page)  # well-formed: nothing unescaped broke the markup
-    assert root.find("body/h2").text == "a < b & c"
-    cells = [(tr.find("th").text, tr.find("td").text) for tr in root.iter("tr")]
-    assert cells == [("verdict", "a < b & c"), ("note", "<script>x</script>")]
-    assert "<script>" not in page
+def test_loss_change_is_paired_by_sample():
+    sweep = make_sweep()
+    table = plots.loss_change(sweep)
+    row = table[(table["role"] == "target") & (table["scale"] == 2.0)].iloc[0]
+    base = sweep[
+        (sweep["role"] == "target")
+        & (sweep["scale"] == 1.0)
+        & (sweep["sample_id"] == row.sample_id)
+    ]["loss"].item()
+    assert row.loss_change == pytest.approx(row.loss - base)
+    assert (table.loc[table["scale"] == 1.0, "loss_change"] == 0).all()
+
+
+def test_downstream_without_scale_one_plots_the_loss(tmp_path):
+    sweep = make_sweep()
+    plots.plot_downstream(sweep[sweep["scale"] != 1.0], tmp_path / "fig")
+    assert (tmp_path / "fig.png").is_file()
+    assert plots.loss_change(sweep[sweep["scale"] != 1.0])["loss_change"].isna().all()

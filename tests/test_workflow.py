@@ -8,6 +8,7 @@ checkout's own results/ and a test that edits a module edits the copy.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,8 @@ def test_dry_run_plans_every_stage(demo_run):
         "check_atlas_vs_sweep",
         "gain",
         "plots",
+        "verdict_page",
+        "provenance",
         "describe_config",
         "all",
     }, dry.stdout[-3000:]
@@ -191,12 +194,46 @@ def test_analysis_outputs_and_report(demo_run):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000
         assert (run / "plots" / f"{name}.svg").is_file()
     assert (run / "plots" / "gain_fits" / "gain_fit_L2_H0.png").is_file()
+    page = (run / "plots" / "verdict.html").read_text()
+    markdown = (run / "plots" / "verdict.md").read_text()
+    assert 'id="answer"' in page and "L2 H0" in page and "data:image/png;base64," in page
+    assert "## Gates" in markdown and "## Provenance" in markdown and "{'" not in markdown
+    # provenance in every output, and the outputs agree on it
+    from spectra_attn.provenance import check_folder, read
+
+    assert read(run / "capture" / "part_0000.parquet")["corpus"]["shards"]
+    assert read(run / "intervention" / "L2_H0" / "sweep.parquet")["model"]["source"] == "local"
+    assert read(run / "aggregate" / "spectra.duckdb")["config_sha256"]
+    consistent, text = check_folder(run)
+    assert consistent, text
+    assert "consistent: every output" in (run / "provenance.txt").read_text()
     described = (run / "configuration.txt").read_text()
     assert "k_eff_threshold: 0.9" in described and "pre-RoPE" in described
     result = snakemake(workdir, "--report", "report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workdir / "report.html").read_text(errors="ignore")
     assert "Verdict" in html and "Gain" in html and "Configuration" in html
+
+
+def test_report_and_verdict_page_in_a_browser(demo_run):
+    """As a person sees them: headless Chromium opens the demo's verdict page (its verdict
+    sentence there, no console message) and the Snakemake report (its Verdict and Provenance
+    sections there, no uncaught script error)."""
+    import html
+
+    from tests.browser import chromium, open_page
+
+    chromium()  # skips without it
+    workdir, _, _ = demo_run
+    run = workdir / "results" / "demo"
+    dom, console = open_page(run / "plots" / "verdict.html")
+    assert console == []
+    assert re.search(r"max_attn gain is [−0-9.]+× the control's \(95% CI", html.unescape(dom))
+    result = snakemake(workdir, "--report", "browser_report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    dom, console = open_page(workdir / "browser_report.html")
+    assert not [message for message in console if "Uncaught" in message], console
+    assert "Verdict" in dom and "Provenance" in dom
 
 
 def test_automatic_head_selection_runs_through_the_checkpoint(demo_run, tmp_path):
@@ -232,6 +269,10 @@ def test_automatic_head_selection_runs_through_the_checkpoint(demo_run, tmp_path
     for h in heads:
         sweep = run / "intervention" / f"L{h['layer']}_H{h['head']}" / "sweep.parquet"
         assert len(pd.read_parquet(sweep)) == 64 * 5
+    # the verdict page names the chosen heads and the correlation that chose them
+    page = (run / "plots" / "verdict.md").read_text()
+    assert f"target L{target['layer']} H{target['head']}" in page
+    assert "select: auto" in page and f"ρ = {target['spearman_rho']:.2f}".replace("-", "−") in page
 
 
 def test_changing_one_heads_scales_reruns_only_that_head(demo_run, tmp_path):
@@ -315,6 +356,25 @@ def test_editing_the_metrics_code_reruns_capture(demo_run):
 def test_second_run_does_nothing(demo_run):
     workdir, _, _ = demo_run
     again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_new_commit_or_a_dirty_tree_reruns_nothing(demo_run):
+    """The workflow's git commit is in every output's provenance, but as a param Snakemake does
+    not record: committing, or editing a file of the checkout, reruns no job."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    workdir, _, _ = demo_run
+    checkout = workdir.parent
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "Snakefile"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "a commit"], check=True)
+    try:
+        again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
+    finally:
+        shutil.rmtree(checkout / ".git")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing to be done" in again.stdout + again.stderr
 

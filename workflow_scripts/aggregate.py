@@ -1,10 +1,20 @@
 """Snakemake adapter: merge the partial aggregates into the DuckDB database (the reduce step)."""
 
+import logging
+
+from spectra_attn import provenance
 from spectra_attn.aggregate import reduce_aggregates
 
 
 def main(snakemake) -> None:
     output = snakemake.output
+    # The capture's provenance: what the database's numbers were made from (nothing if the
+    # parts disagree; `spectra provenance` then says which differ).
+    record = provenance.common([provenance.read(p) for p in snakemake.input.parts])
+    if record is None:
+        logging.getLogger("spectra_attn.provenance").warning(
+            "the capture parts carry no common provenance; the database gets none"
+        )
     reduce_aggregates(
         list(snakemake.input.partials),
         list(snakemake.input.parts),
@@ -18,6 +28,7 @@ def main(snakemake) -> None:
         context_length=snakemake.params.context_length,
         bins=snakemake.params.bins,
         threads=snakemake.threads,  # Spearman's sort; the exports do not depend on it
+        provenance=record,
     )
 
 

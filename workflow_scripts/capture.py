@@ -2,15 +2,25 @@
 
 import torch
 
-from spectra_attn.capture import CaptureSettings, ModelSpec, run_capture
+from spectra_attn import provenance
+from spectra_attn.capture import CaptureSettings, ModelSpec, resolve_device, run_capture
 
 
 def main(snakemake) -> None:
     torch.set_num_threads(snakemake.threads)
     params = snakemake.params
     start, stop = params.sample_range
+    spec = ModelSpec(**{**params.model, "name_or_path": params.model_path})
+    record = provenance.collect(
+        params.provenance,
+        model=spec.name_or_path,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        manifest=snakemake.input.manifest,
+        device=resolve_device(spec.device),
+    )
     run_capture(
-        ModelSpec(**{**params.model, "name_or_path": params.model_path}),
+        spec,
         snakemake.input.manifest,
         snakemake.output.part,
         sample_start=start,
@@ -19,6 +29,7 @@ def main(snakemake) -> None:
             **params.capture, query_block_size=snakemake.resources.query_block_size
         ),
         batch_size=snakemake.resources.batch_size,
+        metadata=provenance.parquet_metadata(record),
     )
 
 

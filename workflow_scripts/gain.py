@@ -4,6 +4,7 @@ import logging
 
 import pandas as pd
 
+from spectra_attn import provenance
 from spectra_attn.gain import head_gains, verdict
 from spectra_attn.io import write_csv, write_json
 
@@ -20,6 +21,8 @@ def main(snakemake) -> None:
         seed=snakemake.params.seed,
         atlas=pd.read_csv(snakemake.input.atlas),
     )
+    # The sweeps' provenance (None if they disagree or carry none: the verdict page says so).
+    result["provenance"] = provenance.common([provenance.read(p) for p in snakemake.input.sweeps])
     logging.getLogger("spectra_attn.gain").info("verdict: %s", result)
     write_csv(gains, snakemake.output.summary)
     write_json(snakemake.output.verdict, result)

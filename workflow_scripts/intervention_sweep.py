@@ -2,15 +2,25 @@
 
 import torch
 
-from spectra_attn.capture import CaptureSettings, ModelSpec
+from spectra_attn import provenance
+from spectra_attn.capture import CaptureSettings, ModelSpec, resolve_device
 from spectra_attn.intervention import HeadSpec, run_head_sweep
 
 
 def main(snakemake) -> None:
     torch.set_num_threads(snakemake.threads)
     params, resources = snakemake.params, snakemake.resources
+    spec = ModelSpec(**{**params.model, "name_or_path": params.model_path})
+    record = provenance.collect(
+        params.provenance,
+        model=spec.name_or_path,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        manifest=snakemake.input.manifest,
+        device=resolve_device(spec.device),
+    )
     run_head_sweep(
-        ModelSpec(**{**params.model, "name_or_path": params.model_path}),
+        spec,
         snakemake.input.manifest,
         HeadSpec(**params.head),
         params.scales,
@@ -18,6 +28,7 @@ def main(snakemake) -> None:
         CaptureSettings(**params.capture, query_block_size=resources.query_block_size),
         dict(snakemake.output.items()),
         batch_size=resources.batch_size,
+        metadata=provenance.parquet_metadata(record),
     )
 
 

@@ -235,6 +235,7 @@ def reduce_aggregates(
     context_length: int,
     bins: int = 1000,
     threads: int | None = None,
+    provenance: dict | None = None,
 ) -> pd.DataFrame:
     """Reduce step: merge the partials into ``database`` (DuckDB; tables head_summary,
     position_profile, histogram_counts) and export the summaries as Parquet and CSV: ``exports``
@@ -242,7 +243,8 @@ def reduce_aggregates(
     receives them under those names. ``parts`` (the capture parts) are read only for Spearman's
     ρ, whose sort runs on ``threads`` DuckDB threads (default: one per core); the merges run on
     one, so the exports are the same bytes for any ``threads``. Returns head_summary. On
-    failure, no temporary database is left behind."""
+    failure, no temporary database is left behind. ``provenance``
+    (:mod:`spectra_attn.provenance`), if given, is the database's table of it."""
     if not isinstance(exports, dict):
         exports = {name: Path(exports) / name for name in EXPORTS}
     if sorted(exports) != sorted(EXPORTS):
@@ -313,6 +315,10 @@ def reduce_aggregates(
         for name in ("moments", "histograms", "positions"):  # views onto files outside the database
             con.execute(f"DROP VIEW {name}")
         con.execute("DROP TABLE merged")
+        if provenance:
+            from spectra_attn.provenance import write_duckdb
+
+            write_duckdb(con, provenance)
         for name, path in exports.items():
             table, extension = name.split(".")
             options = "FORMAT parquet" if extension == "parquet" else "HEADER"

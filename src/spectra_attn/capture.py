@@ -655,9 +655,10 @@ def run_capture(
     sample_stop: int,
     settings: CaptureSettings,
     batch_size: int = 8,
+    metadata: dict[str, str] | None = None,
 ) -> int:
-    """Capture samples ``[sample_start, sample_stop)`` of the shards into one Parquet file.
-    Returns the number of rows."""
+    """Capture samples ``[sample_start, sample_stop)`` of the shards into one Parquet file
+    (``metadata`` added to its key-value metadata: provenance). Returns the number of rows."""
     from spectra_attn import __version__
 
     table, tokens, model = prepare(spec, manifest_path, sample_start, sample_stop)
@@ -669,6 +670,7 @@ def run_capture(
         "rope": settings.rope,
         "k_eff_threshold": str(settings.k_eff_threshold),
         "entropy_skip_tokens": str(settings.entropy_skip_tokens),
+        **(metadata or {}),
     }
     threads = writer_threads_for(model.device)
     logger.info("Parquet row groups built and encoded on %d thread(s)", threads)

@@ -63,6 +63,16 @@ def _option(*keys: str) -> dict:
     return option
 
 
+def _provenance(args: argparse.Namespace) -> int:
+    from spectra_attn.provenance import check_folder
+
+    if not args.results.is_dir():
+        raise ValueError(f"{args.results}: not a folder (give results/<run_name>)")
+    consistent, text = check_folder(args.results)
+    print(text)
+    return 0 if consistent else 1
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from spectra_attn.shard_report import inspect_shards
 
@@ -253,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--top", type=int, default=20, help="how many frequent tokens to list")
     inspect.set_defaults(handler=_shards_inspect)
+
+    provenance = groups.add_parser(
+        "provenance",
+        help="what made a results folder's outputs, and whether they agree (exit 1 if not)",
+        description="Print the provenance that a results folder's outputs carry (capture parts, "
+        "sweeps, DuckDB database, verdict.json): Spectra's version, workflow commit, model, "
+        "corpus, configuration hash, software and device; and whether all were made from the "
+        "same corpus, model and configuration (exit status 0) or not (1).",
+    )
+    provenance.add_argument("results", type=Path, help="a results folder, e.g. results/demo")
+    provenance.set_defaults(handler=_provenance)
 
     capture = groups.add_parser(
         "capture", help="per-token attention metrics of the first N samples, to Parquet"

@@ -341,9 +341,11 @@ def run_head_sweep(
     settings: CaptureSettings,
     outputs: dict[str, str],
     batch_size: int = 1,
+    metadata: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet; seed_csv, trends
-    CSV), each atomically. Returns the trend analysis."""
+    """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet with ``metadata`` in
+    their key-value metadata; seed_csv, trends CSV), each atomically. Returns the trend
+    analysis."""
     from spectra_attn.capture import prepare
     from spectra_attn.io import write_csv, write_parquet
 
@@ -355,8 +357,8 @@ def run_head_sweep(
         loaded, tokens, table["sample_id"].to_numpy(), spec, scales, settings, batch_size
     )
     trends = trend_analysis(sample_table)
-    write_parquet(token_table, outputs["tokens"])
-    write_parquet(sample_table, outputs["sweep"])
+    write_parquet(token_table, outputs["tokens"], metadata)
+    write_parquet(sample_table, outputs["sweep"], metadata)
     write_csv(seed_results_table(sample_table), outputs["seed_csv"])
     write_csv(trends, outputs["trends"])
     return trends

@@ -113,7 +113,17 @@ def write_csv(frame, path: str | Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def write_parquet(frame, path: str | Path) -> None:
-    """Write a pandas DataFrame as a zstd Parquet file, atomically, without the pandas index."""
+def write_parquet(frame, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a pandas DataFrame as a zstd Parquet file, atomically, without the pandas index;
+    ``metadata`` is added to the file's key-value metadata (beside pandas' own)."""
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, compression="zstd", index=False)
+        if not metadata:
+            frame.to_parquet(tmp, compression="zstd", index=False)
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        extra = {key.encode(): value.encode() for key, value in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+        pq.write_table(table, tmp, compression="zstd")

@@ -21,7 +21,6 @@ fixed list; several heads of one role differ by line style and marker.
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import textwrap
@@ -71,6 +70,7 @@ METRIC_TITLES = {
     "k_eff": "Effective keys k_eff",
     "sink_attn": "Attention on the first token (sink)",
     "loss": "Next-token loss",
+    "loss_change": "Change of next-token loss from s = 1",
     "kl": "KL(baseline ‖ intervened)",
 }
 METRIC_LABELS = {
@@ -80,6 +80,7 @@ METRIC_LABELS = {
     "k_eff": "k_eff (keys holding the mass threshold)",
     "sink_attn": "attention on position 0 (probability)",
     "loss": "next-token loss (nats / token)",
+    "loss_change": "loss(s) − loss(1) (nats / token)",
     "kl": "KL(baseline ‖ intervened) (nats / token)",
 }
 GAIN_LABELS = {
@@ -132,9 +133,45 @@ def output_paths(stem: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
 
 
+def clipped_texts(fig: plt.Figure, slack: float = 1.0) -> list[str]:
+    """The visible, non-empty texts of ``fig`` (titles, labels, tick labels, legends,
+    annotations) that reach past the figure's edges by more than ``slack`` pixels once drawn:
+    what the saved image would cut off."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    # An axis keeps tick objects beyond its view limits, visible but never drawn: skip them.
+    undrawn = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            eps = 1e-9 * max(high - low, 1e-300)
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                if not low - eps <= tick.get_loc() <= high + eps:
+                    undrawn.update((id(tick.label1), id(tick.label2)))
+    edges = fig.bbox
+    clipped = []
+    for text in fig.findobj(Text):
+        if id(text) in undrawn or not text.get_visible() or not text.get_text().strip():
+            continue
+        box = text.get_window_extent(renderer)
+        if (
+            box.x0 < edges.x0 - slack
+            or box.y0 < edges.y0 - slack
+            or box.x1 > edges.x1 + slack
+            or box.y1 > edges.y1 + slack
+        ):
+            clipped.append(text.get_text())
+    return clipped
+
+
 def save_figure(fig: plt.Figure, stem: str | Path) -> tuple[Path, Path]:
-    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg``, each atomically and deterministically."""
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg``, each atomically and deterministically
+    (with a warning in the log for any text that the figure's edges cut off)."""
     png, svg = output_paths(stem)
+    if clipped := clipped_texts(fig):
+        logger.warning("%s: text cut off at the figure's edge: %s", Path(stem).name, clipped)
     with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT}):
         with atomic_path(png) as tmp:
             fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
@@ -328,10 +365,31 @@ def plot_intervention_panels(sweep: pd.DataFrame, stem: str | Path) -> None:
     _scale_panels(sweep, INTERVENTION_METRICS, stem, "Query scaling: attention of the scaled head")
 
 
+def loss_change(sweep: pd.DataFrame) -> pd.DataFrame:
+    """``sweep`` with ``loss_change``: each sample's loss minus its own loss at scale 1 for the
+    same head (paired, so the spread between sequences cancels); None where a head has no
+    scale 1."""
+    at_one = sweep[np.isclose(sweep["scale"].astype(np.float64), 1.0)]
+    keys = ["layer", "head", "role", "sample_id"]
+    base = at_one[keys + ["loss"]].rename(columns={"loss": "loss_at_one"})
+    joined = sweep.merge(base, on=keys, how="left")
+    return joined.assign(loss_change=joined["loss"] - joined["loss_at_one"]).drop(
+        columns="loss_at_one"
+    )
+
+
 def plot_downstream(sweep: pd.DataFrame, stem: str | Path) -> None:
-    """Next-token loss and KL(baseline ‖ intervened) against the query scale, one line per head,
-    mean over samples with a 95% CI band."""
-    _scale_panels(sweep, DOWNSTREAM_METRICS, stem, "Query scaling: effect on the model output")
+    """The change of each sample's next-token loss from its loss at s = 1 (paired: the loss
+    itself varies far more between sequences than with s), and KL(baseline ‖ intervened),
+    against the query scale, one line per head, mean over samples with a 95% CI band. Without
+    scale 1 in the sweep, the loss itself."""
+    _require(sweep, ["layer", "head", "role", "scale", "sample_id", "loss"], "sweep")
+    table = loss_change(sweep)
+    paired = table["loss_change"].notna().all()
+    metrics = ("loss_change", "kl") if paired else DOWNSTREAM_METRICS
+    _scale_panels(
+        table if paired else sweep, metrics, stem, "Query scaling: effect on the model output"
+    )
 
 
 def _gain_row(gain: pd.DataFrame, layer: int, head: int, metric: str) -> pd.Series:
@@ -536,6 +594,19 @@ def _cell_text(v: float) -> str:
     return f"{v:.2g}" if abs(v) < 0.01 and v != 0 else f"{v:.2f}" if abs(v) < 10 else f"{v:.3g}"
 
 
+def _fit_colorbar_label(fig: plt.Figure, colorbar: Any, label: str) -> None:
+    """Set a colour bar's label, wrapped onto as many lines as it takes to be no longer than the
+    figure's height less a margin (a long label on a short heatmap ran off the figure's edges)."""
+    if colorbar is None:
+        return
+    limit = fig.get_figheight() * fig.dpi * 0.8
+    renderer = fig.canvas.get_renderer()
+    for width in range(len(label), 8, -4):
+        colorbar.set_label(textwrap.fill(label, width, break_long_words=False))
+        if colorbar.ax.yaxis.label.get_window_extent(renderer).height <= limit:
+            return
+
+
 def plot_heatmap(
     table: pd.DataFrame,
     value: str,
@@ -579,11 +650,14 @@ def plot_heatmap(
                 annot_kws={"fontsize": 7},
                 linewidths=0.4 if matrix.size <= 1024 else 0.0,
                 linecolor="white",
-                cbar_kws={"label": _value_label(value)},
+                # shrunk a little: a tick label at either end of a full-height bar ran off the
+                # figure (constrained layout lays out the bar, not what overhangs its ends)
+                cbar_kws={"label": _value_label(value), "shrink": 0.95},
                 square=False,
             )
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
+        _fit_colorbar_label(fig, ax.collections[0].colorbar, _value_label(value))
         ax.tick_params(axis="y", labelrotation=0)
         ax.tick_params(axis="x", labelrotation=0)
         rows, cols = list(matrix.index), list(matrix.columns)
@@ -669,22 +743,9 @@ METRIC_HEATMAPS = {
     "query_norm_mean": "Mean query norm",
     "sink_share": "Attention on position 0 (sink share)",
 }
-# What report_figures writes: one figure's stem (its .png and .svg), a folder of figures, a page.
+# What report_figures writes: one figure's stem (its .png and .svg), a folder of figures.
 REPORT_FIGURES = ("panels", "downstream", "comparison", "atlas", "correlation", "positions")
 REPORT_FOLDERS = ("heatmaps", "gain_fits")
-
-
-def verdict_html(verdict: dict[str, Any]) -> str:
-    """The verdict as a small HTML page: the statement as its heading, every field in a table,
-    every value escaped."""
-    rows = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
-        for key, value in verdict.items()
-    )
-    return (
-        f"<html><body><h2>{html.escape(str(verdict['verdict']))}</h2>"
-        f"<table>{rows}</table></body></html>\n"
-    )
 
 
 def _stem(path: str | Path) -> Path:
@@ -701,9 +762,10 @@ def report_figures(
     out: dict[str, str | Path],
 ) -> None:
     """Every figure of the report. ``out`` maps each name of :data:`REPORT_FIGURES` to its PNG
-    (the SVG is written beside it), each of :data:`REPORT_FOLDERS` to a folder, and ``verdict`` to
-    the verdict page. The intervened heads (from ``sweep``) are outlined in the heatmaps."""
-    missing = sorted({*REPORT_FIGURES, *REPORT_FOLDERS, "verdict"} - set(out))
+    (the SVG is written beside it) and each of :data:`REPORT_FOLDERS` to a folder (the verdict
+    page is :mod:`spectra_attn.verdict`'s). ``verdict`` (verdict.json) titles the gain
+    comparison. The intervened heads (from ``sweep``) are outlined in the heatmaps."""
+    missing = sorted({*REPORT_FIGURES, *REPORT_FOLDERS} - set(out))
     if missing:
         raise ValueError(f"report_figures needs paths for {', '.join(missing)}")
     highlight = [
@@ -740,12 +802,9 @@ def report_figures(
     heads = sweep[["layer", "head"]].drop_duplicates().to_numpy()
     for layer, head in heads:
         plot_gain_fit(sweep, gain, int(layer), int(head), gain_fits / f"gain_fit_L{layer}_H{head}")
-    with atomic_path(out["verdict"]) as tmp:
-        tmp.write_text(verdict_html(verdict))
     logger.info(
-        "wrote %d figures (PNG and SVG), %d metric heatmaps, %d gain fits and %s",
+        "wrote %d figures (PNG and SVG), %d metric heatmaps and %d gain fits",
         len(REPORT_FIGURES),
         len(METRIC_HEATMAPS),
         len(heads),
-        out["verdict"],
     )
