@@ -14,7 +14,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from spectra_attn import provenance
+from spectra_attn import model_provenance, provenance
 from spectra_attn.cli import main as spectra
 from spectra_attn.io import write_json, write_parquet
 
@@ -36,13 +36,13 @@ def make_manifest(folder: Path, shards: dict[str, str]) -> Path:
 
 def test_model_identity_is_the_sha256_of_its_files(tmp_path):
     model = make_model(tmp_path / "model")
-    identity = provenance.model_identity(model)
+    identity = model_provenance.model_identity(model)
     assert identity["source"] == "local"
     assert identity["files"] == {
         "model.safetensors": hashlib.sha256(b"weights").hexdigest(),
         "config.json": hashlib.sha256(b'{"model_type": "llama"}').hexdigest(),
     }
-    other = provenance.model_identity(make_model(tmp_path / "other", b"other weights"))
+    other = model_provenance.model_identity(make_model(tmp_path / "other", b"other weights"))
     assert other["id"] != identity["id"]
 
 
@@ -95,7 +95,7 @@ def record(
 ):
     config = {"seed": seed, "capture": {"rope": rope}}
     run = provenance.run_identity(tmp_path / "no-git", config)
-    return provenance.collect(
+    return model_provenance.collect(
         run,
         model=make_model(tmp_path / f"model-{weights.hex()}", weights),
         manifest=make_manifest(tmp_path / f"shards-{shard}", {"shard_0000.npz": shard}),
@@ -216,7 +216,7 @@ def test_hub_model_identity_is_the_resolved_revision(monkeypatch):
         return Config()
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
-    identity = provenance.model_identity("org/model", "main")
+    identity = model_provenance.model_identity("org/model", "main")
     assert calls == [("org/model", "main")]
     assert identity["source"] == "hub" and identity["revision"] == "main"
     assert identity["id"] == f"org/model@{Config._commit_hash}"

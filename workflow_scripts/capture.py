@@ -2,7 +2,7 @@
 
 import torch
 
-from spectra_attn import provenance
+from spectra_attn import model_provenance, provenance
 from spectra_attn.capture import CaptureSettings, ModelSpec, resolve_device, run_capture
 
 
@@ -11,7 +11,7 @@ def main(snakemake) -> None:
     params = snakemake.params
     start, stop = params.sample_range
     spec = ModelSpec(**{**params.model, "name_or_path": params.model_path})
-    record = provenance.collect(
+    record = model_provenance.collect(
         params.provenance,
         model=spec.name_or_path,
         revision=spec.revision,
