@@ -459,11 +459,20 @@ def test_a_capture_killed_halfway_leaves_nothing_and_a_rerun_equals_an_uninterru
     assert pd.read_parquet(out).sample_id.nunique() == 9
 
 
-def test_unsupported_architecture_fails_before_weights_load(tmp_path):
-    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8)
-    config.architectures = ["GPT2LMHeadModel"]
-    config.save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+@pytest.mark.parametrize(
+    "config_class, name, why",
+    [
+        (transformers.BloomConfig, "BloomForCausalLM", "does not call transformers' Attention"),
+        (transformers.GPTNeoConfig, "GPTNeoForCausalLM", "does not call transformers' Attention"),
+        (transformers.GptOssConfig, "GptOssForCausalLM", "learned attention sinks"),
+        (transformers.MptConfig, "MptForCausalLM", "not been tested against its eager"),
+    ],
+)
+def test_unsupported_architecture_fails_before_weights_load(tmp_path, config_class, name, why):
+    config = config_class()
+    config.architectures = [name]
+    config.save_pretrained(tmp_path)  # no weights at all: the refusal comes first
+    with pytest.raises(UnsupportedModelError, match=f"{name}.*{why}.*reads the attention of: "):
         load_model(ModelSpec(str(tmp_path), device="cpu"))
 
 

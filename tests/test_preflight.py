@@ -80,9 +80,12 @@ def test_model_folders(tmp_path):
     (folder / "model.safetensors").unlink()
     (folder / "pytorch_model.bin").write_bytes(b"\0")
     assert any("no safetensors weights" in p for p in problems(pickled))
-    gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2}
-    (folder / "config.json").write_text(json.dumps(gpt2))
-    assert any("is a GPT2LMHeadModel (model_type 'gpt2')" in p for p in problems(pickled))
+    bloom = {"model_type": "bloom", "architectures": ["BloomForCausalLM"], "n_layer": 2}
+    (folder / "config.json").write_text(json.dumps(bloom))
+    assert any(
+        "is a BloomForCausalLM (model_type 'bloom'): BLOOM's attention does not call" in p
+        for p in problems(pickled)
+    )
     typo = spectra_config.deep_merge(pickled, {"model": {"name_or_path": "resources/demo/modle"}})
     assert problems(typo) == [
         "config key 'model.name_or_path': 'resources/demo/modle' is not a folder, and not a hub "
