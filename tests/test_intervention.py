@@ -47,7 +47,7 @@ class TokenAxisScaler(QueryScaler):
 
     def scale_query(self, query):
         scaled = query.clone()
-        scaled[:, :, self.head] *= self.scales.to(query.dtype).view(-1, 1)
+        scaled[:, :, self.head] *= self.scales.to(query.dtype).view(-1, 1, 1)
         return scaled
 
 
