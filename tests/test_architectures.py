@@ -37,7 +37,7 @@ from spectra_attn.capture import (
     use_capture_attention,
 )
 from spectra_attn.checks import isolation, temperature_identity
-from spectra_attn.intervention import HeadSpec, QueryScaler
+from spectra_attn.intervention import HeadSpec, QueryScaler, sweep_batch
 
 from .test_capture import assert_matches
 from .test_intervention import BeforeNormScaler, TokenAxisScaler, WrongHeadScaler
@@ -399,3 +399,76 @@ def test_raw_configs_give_layers_heads_and_context():
     assert raw_shape(gemma3) == {"layers": 34, "heads": 8, "max_positions": 131072}
     with pytest.raises(UnsupportedModelError, match="gpt_oss.*learned attention sinks"):
         raw_shape({"model_type": "gpt_oss"})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_batched_sweep_equals_one_run_per_scale(name, captured):
+    """The sweep (scales batched from the intervened layer on, SharedPrefix) against a plain run
+    of each scale, on every architecture's decoder-layer signature."""
+    model = captured(name)
+    input_ids = ids()
+    settings = CaptureSettings(rope="pre")
+    result = sweep_batch(model, input_ids, TARGET, SCALES, settings)
+    for column, scale in enumerate(SCALES):
+        recorder = AttentionRecorder(model, settings, layers={TARGET.layer}, heads=[TARGET.head])
+        factors = torch.full((len(input_ids),), scale)
+        with QueryScaler(model, TARGET.layer, TARGET.head, factors), recorder, torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)
+        single = recorder.layers[TARGET.layer]
+        for metric in ("entropy", "max_attn", "query_norm"):
+            torch.testing.assert_close(
+                result[metric][:, column],
+                single[metric][:, 0],
+                rtol=1e-4,
+                atol=1e-5,
+                equal_nan=True,
+            )
+    assert (result["kl"][:, SCALES.index(1.0)] < 1e-6).all()
+
+
+@pytest.mark.parametrize("name", ["gemma2", "falcon_alibi", "llama"])
+def test_gains_equal_finite_differences_of_real_sweeps(name, captured, monkeypatch):
+    """The gain columns (d metric / d ln s at s = 1, through the soft-cap's or ALiBi's own
+    derivative) against central differences of the swept metrics at s = e^{±δ}; with a cap or a
+    bias, the gains of plain logits (g = z) would not pass."""
+    from spectra_attn import metrics
+
+    model = captured(name)
+    input_ids = ids()
+    settings = CaptureSettings(rope="post")
+    delta = 1e-2
+    swept = sweep_batch(model, input_ids, TARGET, [np.exp(-delta), np.exp(delta)], settings)
+
+    def gains_match() -> bool:
+        gains = capture_batch(model, input_ids, settings)[TARGET.layer]
+        for metric in ("max_attn", "entropy"):
+            finite = (swept[metric][:, 1] - swept[metric][:, 0]).double() / (2 * delta)
+            analytic = gains[f"gain_{metric}"][:, TARGET.head].double()
+            keep = torch.isfinite(finite)
+            if not torch.allclose(analytic[keep], finite[keep], rtol=2e-3, atol=5e-4):
+                return False
+        return True
+
+    assert gains_match()
+    if name != "llama":
+        plain = metrics.transformed_gains
+        monkeypatch.setattr(metrics, "transformed_gains", lambda z, g: plain(z, z))
+        assert not gains_match()
+
+
+@pytest.mark.parametrize("name", ["gemma2", "falcon_alibi", "gpt2"])
+def test_the_atlas_equals_the_sweep_through_the_cap_and_the_bias(name, captured):
+    """The atlas scales a head's logits a → s·a before the model's cap and bias, as the sweep's
+    scaled query does: their per-sample means agree (what check_atlas_vs_sweep compares)."""
+    from spectra_attn.atlas import atlas_batch
+    from spectra_attn.capture import token_mean
+
+    model = captured(name)
+    input_ids = ids()
+    settings = CaptureSettings(rope="post")
+    atlas = atlas_batch(model, input_ids, settings, SCALES)[TARGET.layer]
+    swept = sweep_batch(model, input_ids, TARGET, SCALES, settings)
+    for metric in ("max_attn", "entropy"):
+        torch.testing.assert_close(
+            atlas[metric][:, TARGET.head], token_mean(swept[metric], settings), rtol=1e-4, atol=1e-5
+        )
