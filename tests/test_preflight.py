@@ -110,3 +110,41 @@ def test_demo_settings_are_checked_before_the_demo_model_is_built():
 def test_automatic_selection_skips_the_head_checks(tmp_path, select):
     chosen = configured(tmp_path, intervention={"select": select, "heads": []})
     assert problems(chosen) == []
+
+
+@pytest.mark.parametrize(
+    "shape, pre_rope",
+    [
+        (
+            {"model_type": "gpt2", "n_layer": 1, "n_head": 4, "n_positions": 1024},
+            "same as post-RoPE: gpt2 has no rotary embedding",
+        ),
+        (
+            {
+                "model_type": "gemma3",
+                "text_config": {
+                    "model_type": "gemma3_text",
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                    "max_position_embeddings": 1024,
+                },
+            },
+            "after per-head RMSNorm q_norm/k_norm",
+        ),
+        (
+            {"model_type": "falcon", "alibi": True, "n_layer": 1, "n_head": 4},
+            "same as post-RoPE: falcon has no rotary embedding",
+        ),
+    ],
+)
+def test_other_architectures_are_read_from_their_own_keys(tmp_path, shape, pre_rope):
+    """Layers and heads from GPT-2's n_layer/n_head and a multimodal Gemma-3's text_config; what
+    pre-RoPE means for the model in `spectra config show`."""
+    config = configured(tmp_path)
+    (tmp_path / "model" / "config.json").write_text(json.dumps(shape))
+    found = "\n".join(problems(config))
+    assert "'intervention.heads[0].layer': 1 is out of range; the model has layers 0-0" in found
+    assert f"architecture          {shape['model_type']}; pre-RoPE means: " in (
+        spectra_config.describe(config)
+    )
+    assert pre_rope in spectra_config.describe(config)

@@ -207,6 +207,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             ROTATE_HALF,
             _INV_SQRT_D,
             alibi=True,
+            # The first Falcon checkpoints' config.json (falcon-7b) say n_layer, n_head.
+            raw_keys=("n_layer", "n_head", "max_position_embeddings"),
         ),
     )
 }
@@ -249,9 +251,17 @@ def architecture_for(config: Any) -> Architecture:
 
 def text_config(config: Any) -> Any:
     """The config of the language model: the nested text config of a multimodal checkpoint
-    (Gemma-3), else the config itself."""
+    (Gemma-3), else the config itself (a transformers config or a ``config.json`` dict)."""
+    if isinstance(config, Mapping):
+        return raw_text_config(config)
     get = getattr(config, "get_text_config", None)
     return get() if get is not None else config
+
+
+def _value(config: Any, key: str, default: Any = None) -> Any:
+    if isinstance(config, Mapping):
+        return config.get(key, default)
+    return getattr(config, key, default)
 
 
 def raw_text_config(shape: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -276,7 +286,7 @@ def rope_style(config: Any) -> str:
     """How this model rotates its queries and keys: :data:`ROTATE_HALF`, :data:`INTERLEAVED` or
     :data:`NO_ROPE` (GPT-2; Falcon with ALiBi)."""
     arch = architecture_for(config)
-    if arch.alibi and getattr(text_config(config), "alibi", False):
+    if arch.alibi and _value(text_config(config), "alibi", False):
         return NO_ROPE
     return arch.rope
 
@@ -303,10 +313,10 @@ def summary(config: Any) -> dict[str, str]:
         "pre_rope": pre_rope_meaning(config),
         "logit_scale": arch.scale,
     }
-    softcap = getattr(text, "attn_logit_softcapping", None) if arch.softcap else None
+    softcap = _value(text, "attn_logit_softcapping") if arch.softcap else None
     if softcap is not None:
         out["softcap"] = str(softcap)
-    if arch.alibi and getattr(text, "alibi", False):
+    if arch.alibi and _value(text, "alibi", False):
         out["alibi"] = "true"
     if arch.intervention_note:
         out["intervention_note"] = arch.intervention_note

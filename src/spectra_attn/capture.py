@@ -42,6 +42,7 @@ from spectra_attn.architectures import (
     UnsupportedModelError,
     architecture_for,
     rope_style,
+    summary,
     text_config,
 )
 from spectra_attn.columns import SEED_CSV_COLUMNS
@@ -758,6 +759,8 @@ def run_capture(
 
     table, tokens, model = prepare(spec, manifest_path, sample_start, sample_stop)
     logger.info("capture settings: %s", settings)
+    # The architecture, and what pre-RoPE means for it (pre = post without RoPE).
+    architecture = {f"architecture.{k}": v for k, v in summary(model.config).items()}
     metadata = {
         "spectra_version": __version__,
         "model": str(spec.name_or_path),
@@ -765,6 +768,7 @@ def run_capture(
         "rope": settings.rope,
         "k_eff_threshold": str(settings.k_eff_threshold),
         "entropy_skip_tokens": str(settings.entropy_skip_tokens),
+        **architecture,
     }
     threads = writer_threads_for(model.device)
     logger.info("Parquet row groups built and encoded on %d thread(s)", threads)
