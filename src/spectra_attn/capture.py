@@ -203,27 +203,31 @@ def head_dim(model_config: Any) -> int:
     return getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads)
 
 
-def _rotate(x: torch.Tensor, style: str) -> torch.Tensor:
-    """x·J: each rotary pair (x₁, x₂) → (−x₂, x₁); pairs (i, i + r/2) or, interleaved,
-    (2i, 2i + 1)."""
-    if style == INTERLEAVED:
-        return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def undo_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str) -> torch.Tensor:
-    """The vectors ``x`` ``[B, heads, T, d]`` before the rotation x' = x·cos + (x·J)·sin that
-    RoPE applied with ``cos``, ``sin`` ``[B, T, r]``: x = x'·cos − (x'·J)·sin on the first r
-    (rotary) dimensions, the others as they are. In float32."""
-    x = x.float()
-    cos, sin = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
+    """The vectors ``x`` ``[B, heads, T, d]`` before the rotation that RoPE applied with ``cos``,
+    ``sin`` ``[B, T, r]``, in float32.
+
+    RoPE rotates each pair (u, v) of the first r dimensions — (i, i + r/2), or (2i, 2i + 1)
+    ``interleaved`` — to (u·cos − v·sin, v·cos + u·sin) (x' = x·cos + (x·J)·sin), so its inverse
+    is u = u'·cos + v'·sin, v = v'·cos − u'·sin; the other d − r dimensions are as they were.
+    Written straight into one float32 buffer (four fused passes over the rotary half-pairs: a
+    rotate-and-concatenate would cost several times more on the Llama path)."""
     rotary = cos.shape[-1]
-    part = x[..., :rotary]
-    unrotated = part * cos - _rotate(part, style) * sin
-    if rotary == x.shape[-1]:
-        return unrotated
-    return torch.cat((unrotated, x[..., rotary:]), dim=-1)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    if style == INTERLEAVED:
+        first, second = slice(0, rotary, 2), slice(1, rotary, 2)
+    else:
+        first, second = slice(0, rotary // 2), slice(rotary // 2, rotary)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, r]: broadcast over heads
+    u, v = x[..., first], x[..., second]
+    out_u, out_v = out[..., first], out[..., second]
+    torch.mul(u, cos[..., first], out=out_u)
+    out_u.addcmul_(v, sin[..., first])
+    torch.mul(v, cos[..., second], out=out_v)
+    out_v.addcmul_(u, sin[..., second], value=-1.0)
+    if rotary < x.shape[-1]:
+        out[..., rotary:] = x[..., rotary:]
+    return out
 
 
 @dataclass(frozen=True)
