@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,23 @@ def test_other_architectures_are_read_from_their_own_keys(tmp_path, shape, pre_r
         spectra_config.describe(config)
     )
     assert pre_rope in spectra_config.describe(config)
+
+
+@pytest.mark.parametrize("overlay", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_overlays_pass_the_checks_that_need_no_download(overlay):
+    """Each example configuration (a real model of each family, by hub id) validates, has no
+    problem found from files, is shown by `spectra config show`, names a supported model_type and
+    heads within that model's shape (as its header states it)."""
+    import re
+
+    from spectra_attn.architectures import ARCHITECTURES
+
+    config = spectra_config.load(["config.yaml", str(overlay)])
+    assert problems(config) == []
+    assert config["model"]["name_or_path"] in spectra_config.describe(config)
+    model_type, layers, heads = re.search(
+        r"# model_type (\w+): (\d+) layers, (\d+) heads", overlay.read_text()
+    ).groups()
+    assert model_type in ARCHITECTURES
+    for entry in config["intervention"]["heads"]:
+        assert entry["layer"] < int(layers) and entry["head"] < int(heads)
