@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit
+.PHONY: setup demo test lint unit test-oldest-transformers
 
 $(BIN)/spectra: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,16 @@ unit: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The architecture tests (tests/test_architectures.py) on the oldest transformers pyproject allows:
+# transformers 5.0.0 and the versions of its dependencies it needs (older tokenizers, kernels and
+# huggingface-hub 1.x with httpx), installed into a folder put in front of .venv's packages.
+OLDEST := .venv-oldest-transformers
+$(OLDEST)/.done: | setup
+	$(BIN)/pip install --quiet --no-deps --target $(OLDEST) "transformers==5.0.0" \
+		"tokenizers==0.22.1" "kernels==0.10.4"
+	$(BIN)/pip install --quiet --target $(OLDEST) "huggingface-hub>=1.3,<2"
+	touch $@
+
+test-oldest-transformers: $(OLDEST)/.done
+	PYTHONPATH=$(OLDEST) $(BIN)/pytest -p no:cacheprovider tests/test_architectures.py

@@ -25,6 +25,7 @@ from spectra_attn.architectures import (
     NO_ROPE,
     UnsupportedModelError,
     architecture_for,
+    check_transformers_version,
     pre_rope_meaning,
     raw_shape,
     rope_style,
@@ -142,7 +143,7 @@ MODELS = {
     ),
     "stablelm": (
         lambda **k: transformers.StableLmConfig(
-            **COMMON, qk_layernorm=True, partial_rotary_factor=0.25, **k
+            **COMMON, qk_layernorm=True, partial_rotary_factor=0.25, pad_token_id=0, **k
         ),
         "StableLmForCausalLM",
     ),
@@ -178,6 +179,10 @@ def tiny(name: str, attn_implementation: str = "sdpa", dtype=torch.float32, seed
         torch.manual_seed(seed)
         config = make(attn_implementation="eager")
         model = getattr(transformers, model_class)(config).eval()
+    try:  # on the oldest transformers allowed, Falcon's attention is not readable
+        check_transformers_version(architecture_for(config))
+    except UnsupportedModelError as error:
+        pytest.skip(str(error))
     with torch.no_grad():  # peaky heads: attention far from uniform
         for module in attention_modules(model):
             for parameter_name, parameter in module.named_parameters():
@@ -472,3 +477,11 @@ def test_the_atlas_equals_the_sweep_through_the_cap_and_the_bias(name, captured)
         torch.testing.assert_close(
             atlas[metric][:, TARGET.head], token_mean(swept[metric], settings), rtol=1e-4, atol=1e-5
         )
+
+
+def test_falcon_needs_a_transformers_that_calls_the_attention_interface():
+    falcon = ARCHITECTURES["falcon"]
+    with pytest.raises(UnsupportedModelError, match="'falcon' needs transformers >= 5.25"):
+        check_transformers_version(falcon, installed="5.24.0")
+    check_transformers_version(falcon, installed="5.25.0")
+    check_transformers_version(ARCHITECTURES["llama"], installed="5.0.0")

@@ -190,6 +190,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             _INV_SQRT_D,
             qk_norm="per-head LayerNorm q_layernorm/k_layernorm when qk_layernorm",
             partial_rotary=True,
+            # Before 5.2 StableLM built its own SDPA mask, ignoring the registered mask function.
+            min_transformers="5.2",
         ),
         Architecture(
             "cohere",
@@ -207,6 +209,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             ROTATE_HALF,
             _INV_SQRT_D,
             alibi=True,
+            # Falcon's attention called the AttentionInterface from 5.25 on (before: its own
+            # SDPA/eager code, which capture cannot see).
+            min_transformers="5.25",
             # The first Falcon checkpoints' config.json (falcon-7b) say n_layer, n_head.
             raw_keys=("n_layer", "n_head", "max_position_embeddings"),
         ),
@@ -221,6 +226,40 @@ REFUSED: dict[str, str] = {
         "in the softmax, which the metrics (over the keys) would not account for"
     ),
 }
+
+
+def check_transformers_version(arch: Architecture, installed: str | None = None) -> None:
+    """Raise :class:`UnsupportedModelError` when the installed transformers is older than the
+    oldest version known to give this architecture's attention to capture."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    installed = installed or version("transformers")
+    if Version(installed) < Version(arch.min_transformers):
+        raise UnsupportedModelError(
+            f"model_type {arch.model_type!r} needs transformers >= {arch.min_transformers} "
+            f"(installed: {installed}): older versions compute its attention without calling the "
+            "AttentionInterface, so capture would not see it"
+        )
+
+
+def logit_scale(module: Any, scaling: float | None) -> float | None:
+    """The scale the model's own eager attention applies to q·kᵀ: the ``scaling`` keyword where
+    the model passes one, else ``module.scaling``, else GPT-2's rule (transformers before ~5.12
+    passed no scaling, and its SDPA path then used 1/√d even with
+    ``scale_attn_by_inverse_layer_idx``): 1/√d if ``scale_attn_weights``, ÷ (layer_idx + 1)."""
+    if scaling is not None:
+        return scaling
+    own = getattr(module, "scaling", None)
+    if own is not None:
+        return own
+    if hasattr(module, "scale_attn_by_inverse_layer_idx"):
+        scale = module.head_dim**-0.5 if module.scale_attn_weights else 1.0
+        if module.scale_attn_by_inverse_layer_idx:
+            scale /= module.layer_idx + 1
+        return scale
+    return None
 
 
 def supported_model_types() -> tuple[str, ...]:

@@ -41,6 +41,8 @@ from spectra_attn.architectures import (
     NO_ROPE,
     UnsupportedModelError,
     architecture_for,
+    check_transformers_version,
+    logit_scale,
     rope_style,
     summary,
     text_config,
@@ -102,8 +104,9 @@ class CaptureSettings:
 
 
 def check_model_type(model_config: Any) -> None:
-    """Raise :class:`UnsupportedModelError` unless the table of architectures has the model."""
-    architecture_for(model_config)
+    """Raise :class:`UnsupportedModelError` unless the table of architectures has the model, and
+    the installed transformers gives it to capture."""
+    check_transformers_version(architecture_for(model_config))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -124,6 +127,8 @@ def _register_attention() -> None:
     from transformers.masking_utils import sdpa_mask
 
     def spectra_attention(module, query, key, value, attention_mask, **kwargs):
+        # The eager attention's own scale, also for the output (old GPT-2 passed none to SDPA).
+        kwargs["scaling"] = logit_scale(module, kwargs.get("scaling"))
         for edit in _ACTIVE_EDITS.get():
             query, key, value = edit(module, query, key, value)
         recorder = _ACTIVE_RECORDER.get()
@@ -155,6 +160,7 @@ def eager_output(module, query, key, value, attention_mask, **kwargs):
             window = kwargs.get("sliding_window")
             if window is not None:
                 visible &= key_pos > query_pos - window
+        visible = visible.expand(1, 1, *visible.shape[-2:]) if visible.dim() == 2 else visible
         attention_mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
         attention_mask.masked_fill_(~visible, torch.finfo(query.dtype).min)
     return eager(module, query, key, value, attention_mask, **kwargs)
