@@ -485,3 +485,22 @@ def test_falcon_needs_a_transformers_that_calls_the_attention_interface():
         check_transformers_version(falcon, installed="5.24.0")
     check_transformers_version(falcon, installed="5.25.0")
     check_transformers_version(ARCHITECTURES["llama"], installed="5.0.0")
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3", "gpt2", "falcon_alibi"])
+def test_load_model_reads_a_saved_model_of_the_family(name, tmp_path):
+    """From a folder, as a job loads it: the architecture and context are checked from the
+    config (a multimodal Gemma-3's text config), the capture attention is set at load."""
+    from spectra_attn.capture import ModelSpec, check_model_fits, load_model
+
+    saved = tiny(name)
+    saved.save_pretrained(tmp_path, safe_serialization=True)
+    spec = ModelSpec(str(tmp_path), device="cpu")
+    check_model_fits(spec.config(), LENGTH, VOCAB - 1)
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        check_model_fits(spec.config(), LENGTH, VOCAB)
+    model = load_model(spec)
+    layers = capture_batch(model, ids(), CaptureSettings(rope="post"))
+    assert sorted(layers) == [0, 1]
+    expected = capture_batch(use_capture_attention(saved) or saved, ids(), CaptureSettings("post"))
+    torch.testing.assert_close(layers[1]["entropy"], expected[1]["entropy"], equal_nan=True)
