@@ -382,10 +382,6 @@ class AttentionRecorder:
         scaling = kwargs.get("scaling")
         if scaling is None:
             scaling = 1.0 / math.sqrt(self.head_dim)
-        if self.settings.rope == "pre" and self.rope_style != NO_ROPE:
-            cos, sin = self._rotary.pop(layer)
-            query = undo_rope(query, cos, sin, self.rope_style)
-            key = undo_rope(key, cos, sin, self.rope_style)
         # ALiBi: the model adds its bias to a float mask (a boolean mask or none: causal only).
         bias = None
         if attention_mask is not None and attention_mask.is_floating_point():
@@ -397,6 +393,10 @@ class AttentionRecorder:
             key = key[:, [head // groups for head in self.heads]]
             if bias is not None and bias.shape[1] > 1:
                 bias = bias[:, self.heads]
+        if self.settings.rope == "pre" and self.rope_style != NO_ROPE:
+            cos, sin = self._rotary.pop(layer)
+            query = undo_rope(query, cos, sin, self.rope_style)
+            key = undo_rope(key, cos, sin, self.rope_style)
         transform = LogitTransform(kwargs.get("softcap"), bias)
         self.record(layer, query, key, scaling, kwargs.get("sliding_window"), transform)
         if self.stop_when_done and layer == self._last_recorded:

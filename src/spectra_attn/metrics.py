@@ -172,36 +172,44 @@ class LogitTransform:
 
     def apply(self, raw: torch.Tensor, query_start: int = 0) -> torch.Tensor:
         """z from the masked raw logits of :func:`causal_logits` (rows ``query_start …``)."""
+        return self.logits_and_slope(raw, query_start)[0]
+
+    def logits_and_slope(
+        self, raw: torch.Tensor, query_start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, g): the model's logits z from the masked raw logits a, and g = dz/d ln s of
+        z(s) = transform(s·a) at s = 1: a·sech²(a/c) = a·(1 − tanh²(a/c)), or a; 0 where masked.
+        One tanh for both."""
         masked = raw == MASKED_LOGIT
-        z = raw
         if self.softcap is not None:
-            z = self.softcap * torch.tanh(z / self.softcap)
+            t = torch.tanh(raw / self.softcap)
+            g = raw * (1.0 - t * t)
+            z = t.mul_(self.softcap)
+        else:
+            g, z = raw, raw.clone()
         if self.bias is not None:
             rows, keys = raw.shape[-2:]
-            z = z + self.bias[..., query_start : query_start + rows, :keys].to(z.device, z.dtype)
-        return z.masked_fill(masked, MASKED_LOGIT).clamp_(min=MASKED_LOGIT)
-
-    def slope(self, raw: torch.Tensor) -> torch.Tensor:
-        """g = dz/d ln s of z(s) = transform(s·a) at s = 1: a·sech²(a/c), or a; 0 where masked."""
-        masked = raw == MASKED_LOGIT
-        g = raw
-        if self.softcap is not None:
-            g = raw * (1.0 - torch.tanh(raw / self.softcap).square())
-        return g.masked_fill(masked, 0.0)
+            z += self.bias[..., query_start : query_start + rows, :keys].to(z.device, z.dtype)
+        z.masked_fill_(masked, MASKED_LOGIT).clamp_(min=MASKED_LOGIT)
+        return z, g.masked_fill(masked, 0.0)
 
 
-def transformed_gains(z: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gain_max_attn, gain_entropy) of rows of logits ``z`` whose derivative in ln s is ``g``:
-    p_max·(g_max − E_p[g]) and −(E_p[z·g] − E_p[z]·E_p[g]), in float32."""
-    z = z.float()
-    z = z - z.amax(dim=-1, keepdim=True)  # Cov_p(z, g) does not depend on a shift of z
-    p = torch.softmax(z, dim=-1)
-    top = p.argmax(dim=-1, keepdim=True)
+def transformed_gains(
+    z: torch.Tensor, g: torch.Tensor, max_attn: torch.Tensor, entropy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gain_max_attn, gain_entropy) of rows of logits ``z`` whose derivative in ln s is ``g``,
+    given the rows' ``max_attn`` and ``entropy`` (from :func:`row_metrics`):
+    p_max·(g_max − E_p[g]) and −Cov_p(z, g) = −(E_p[(z − z_max)·g] − E_p[z − z_max]·E_p[g]),
+    with p = p_max·exp(z − z_max) and E_p[z − z_max] = −ln p_max − H. In float32."""
+    z_max, top = z.float().max(dim=-1, keepdim=True)
+    shifted = z - z_max  # ≤ 0; Cov_p(z, g) does not depend on the shift
+    log_max = max_attn.log().unsqueeze(-1)
+    p = torch.exp(shifted + log_max)
     mean_g = torch.einsum("...k,...k->...", p, g)
-    mean_z = torch.einsum("...k,...k->...", p, z)
-    mean_zg = torch.einsum("...k,...k->...", p, z * g)
-    gain_max = p.gather(-1, top).squeeze(-1) * (g.gather(-1, top).squeeze(-1) - mean_g)
-    return gain_max, -(mean_zg - mean_z * mean_g)
+    mean_shifted_g = torch.einsum("...k,...k->...", p, shifted.mul_(g))
+    mean_shifted = -log_max.squeeze(-1) - entropy
+    gain_max = max_attn * (g.gather(-1, top).squeeze(-1) - mean_g)
+    return gain_max, -(mean_shifted_g - mean_shifted * mean_g)
 
 
 def _shares_keys(query: torch.Tensor, key: torch.Tensor) -> bool:
@@ -303,9 +311,11 @@ def _transformed_metrics(
     for start in reversed(range(0, query.shape[-2], block_size)):
         block = query[..., start : start + block_size, :]
         raw = causal_logits(block, key, scaling, start, sliding_window)
-        z = transform.apply(raw, start)
+        z, g = transform.logits_and_slope(raw, start)
         metrics = row_metrics(z, k_eff_threshold)
-        metrics.gain_max_attn, metrics.gain_entropy = transformed_gains(z, transform.slope(raw))
+        metrics.gain_max_attn, metrics.gain_entropy = transformed_gains(
+            z, g, metrics.max_attn, metrics.entropy
+        )
         parts.append(metrics)
     parts.reverse()
     return RowMetrics(
