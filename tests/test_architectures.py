@@ -390,6 +390,29 @@ def test_falcon_alibi_has_no_rope_and_the_bias_matters():
     assert (no_bias[0]["max_attn"] - post[0]["max_attn"]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize(
+    "name, pre_rope, extra",
+    [
+        ("gpt2", "same as post-RoPE: gpt2 has no rotary embedding", {}),
+        ("falcon_alibi", "same as post-RoPE: falcon has no rotary embedding", {"alibi": "true"}),
+        ("gemma2", "after the projections, before the rotation", {"softcap": "4.0"}),
+        ("stablelm", "per-head LayerNorm q_layernorm/k_layernorm when qk_layernorm", {}),
+        ("gpt_neox", "unrotated dimensions as they are", {}),
+        ("olmo", "clip_qkv", {}),
+    ],
+)
+def test_the_metadata_says_what_pre_rope_means(name, pre_rope, extra):
+    """What capture writes into each Parquet part's metadata (``architecture.*``)."""
+    from spectra_attn.architectures import summary
+
+    config = MODELS[name][0]()
+    found = summary(config)
+    assert pre_rope in found["pre_rope"]
+    assert extra.items() <= found.items()
+    if name == "olmo":
+        assert "clip_qkv" in found["intervention_note"]
+
+
 def test_raw_configs_give_layers_heads_and_context():
     gpt2 = {"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_positions": 1024}
     assert raw_shape(gpt2) == {"layers": 12, "heads": 12, "max_positions": 1024}

@@ -343,6 +343,11 @@ def test_run_capture_writes_parquet_rows_that_recompute_from_the_shards(
         "token_pos"
     )
     np.testing.assert_allclose(got.max_attn, attention.max(-1), rtol=1e-5)
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(out).metadata
+    assert metadata[b"architecture.model_type"] == b"llama"
+    assert metadata[b"architecture.pre_rope"].startswith(b"queries and keys after the projections")
 
 
 def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_threads(

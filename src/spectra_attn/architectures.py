@@ -114,7 +114,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             _SEPARATE,
             ROTATE_HALF,
             _INV_SQRT_D,
-            qk_norm="none; clip_qkv clamps q, k, v to ±clip_qkv after the projections",
+            qk_norm="the clip_qkv clamp (to ±clip_qkv, when set; no norm)",
             intervention_note=(
                 "with clip_qkv the scaled query is the clamped one: s·clamp(W_q x), so a scale "
                 "can take a coordinate beyond ±clip_qkv"
