@@ -11,7 +11,7 @@ TORCH_INDEX_URL ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit lock
+.PHONY: setup demo test lint unit lock test-oldest-transformers
 
 $(BIN)/spectra: pyproject.toml requirements/constraints.txt scripts/install.sh
 	PYTHON="$(PYTHON)" TORCH="$(TORCH)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
@@ -41,3 +41,16 @@ lock: setup
 	{ sed -n '/^#/p' requirements/constraints.txt; \
 	  $(BIN)/pip freeze --exclude-editable | sed -E 's/\+[a-z0-9.]+$$//' | LC_ALL=C sort -f; } \
 	  > requirements/constraints.txt.new && mv requirements/constraints.txt.new requirements/constraints.txt
+
+# The architecture tests (tests/test_architectures.py) on the oldest transformers pyproject allows:
+# transformers 5.0.0 and the versions of its dependencies it needs (older tokenizers, kernels and
+# huggingface-hub 1.x with httpx), installed into a folder put in front of .venv's packages.
+OLDEST := .venv-oldest-transformers
+$(OLDEST)/.done: | setup
+	$(BIN)/pip install --quiet --no-deps --target $(OLDEST) "transformers==5.0.0" \
+		"tokenizers==0.22.1" "kernels==0.10.4"
+	$(BIN)/pip install --quiet --target $(OLDEST) "huggingface-hub>=1.3,<2"
+	touch $@
+
+test-oldest-transformers: $(OLDEST)/.done
+	PYTHONPATH=$(OLDEST) $(BIN)/pytest -p no:cacheprovider tests/test_architectures.py

@@ -1,6 +1,7 @@
 """Capture overhead and long-context memory on the bench model.
 
     .venv/bin/python benchmarks/capture_overhead.py overhead [--repeats 3] [--device cpu]
+        [--arch llama|gpt_neox|gemma2]
     .venv/bin/python benchmarks/capture_overhead.py long-context [--lengths 1024 2048 4096 8192]
 
 Bench model: a Llama config with hidden 256, 8 layers, 8 heads, 2 KV heads, vocab 4096
@@ -60,11 +61,44 @@ BENCH = dict(
 )
 
 
-def bench_model(device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
+# The bench model's shape in other families (``overhead --arch``): a Pythia-shaped model (fused
+# query_key_value, rotary on a quarter of each head) and a Gemma-2-shaped one (soft-capped logits,
+# sliding-window layers, GQA), as wide and deep as the Llama bench model.
+ARCH_BENCH = {
+    "gpt_neox": dict(
+        hidden_size=256,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        vocab_size=4096,
+        intermediate_size=1024,
+        max_position_embeddings=8192,
+        rotary_pct=0.25,
+    ),
+    "gemma2": dict(
+        **BENCH,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        attn_logit_softcapping=50.0,
+        sliding_window=256,
+    ),
+}
+# The attention a plain forward runs: SDPA, except Gemma-2 (transformers refuses SDPA for it).
+PLAIN_ATTENTION = {"llama": "sdpa", "gpt_neox": "sdpa", "gemma2": "eager"}
+
+
+def bench_model(device: str, arch: str = "llama"):
+    import transformers
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**BENCH, attn_implementation="sdpa"))
+    if arch == "llama":
+        config = transformers.LlamaConfig(**BENCH, attn_implementation="sdpa")
+        model = transformers.LlamaForCausalLM(config)
+    elif arch == "gpt_neox":
+        config = transformers.GPTNeoXConfig(**ARCH_BENCH[arch], attn_implementation="sdpa")
+        model = transformers.GPTNeoXForCausalLM(config)
+    else:
+        config = transformers.Gemma2Config(**ARCH_BENCH[arch], attn_implementation="eager")
+        model = transformers.Gemma2ForCausalLM(config)
     return model.to(device).eval()
 
 
@@ -152,7 +186,10 @@ def overhead(args) -> None:
     )
 
     torch.set_num_threads(args.threads)
-    model = bench_model(args.device)
+    if args.arch != "llama" and not args.skip_seed:
+        raise SystemExit("--arch other than llama needs --skip-seed (the seed's way is Llama's)")
+    model = bench_model(args.device, args.arch)
+    plain = PLAIN_ATTENTION[args.arch]
     generator = np.random.default_rng(0)
     tokens = generator.integers(1, BENCH["vocab_size"], size=(16, 512), dtype=np.int32)
     sample_ids = np.arange(len(tokens))
@@ -180,7 +217,7 @@ def overhead(args) -> None:
         # One untimed run of each way at full size: the first runs of a shape take their memory
         # from the system (page faults) and are 0.3-0.6 s slower, whatever the way.
         capture_to_parquet(model, tokens, sample_ids, f"{tmp}/w.parquet", settings, args.batch_size)
-        model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(plain)
         plain_forward(model, tokens, args.batch_size)
 
         def timed(name: str, run) -> None:
@@ -207,7 +244,7 @@ def overhead(args) -> None:
                     )
                 )
             finally:
-                model.set_attn_implementation("sdpa")
+                model.set_attn_implementation(plain)
                 metrics.CPU_KERNEL = True
 
         # Each run of a way follows a plain forward pass, which its paired ratio divides by: the
@@ -227,8 +264,8 @@ def overhead(args) -> None:
         rows = written[-1]
     forward = statistics.median(timings["forward"])
     print(
-        f"device {args.device}, threads {args.threads}, 16 × 512 tokens, batch {args.batch_size}, "
-        f"query block {args.block}"
+        f"{args.arch} bench model, device {args.device}, threads {args.threads}, 16 × 512 tokens, "
+        f"batch {args.batch_size}, query block {args.block}"
     )
     for name, values in timings.items():
         if values:
@@ -329,6 +366,9 @@ def main() -> None:
     first.add_argument("--repeats", type=int, default=3)
     first.add_argument("--batch-size", type=int, default=8)
     first.add_argument("--device", default="cpu")
+    first.add_argument(
+        "--arch", choices=sorted(PLAIN_ATTENTION), default="llama", help="the bench model's family"
+    )
     first.add_argument("--threads", type=int, default=2)
     first.add_argument("--skip-seed", action="store_true")
     first.add_argument(

@@ -343,6 +343,11 @@ def test_run_capture_writes_parquet_rows_that_recompute_from_the_shards(
         "token_pos"
     )
     np.testing.assert_allclose(got.max_attn, attention.max(-1), rtol=1e-5)
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(out).metadata
+    assert metadata[b"architecture.model_type"] == b"llama"
+    assert metadata[b"architecture.pre_rope"].startswith(b"queries and keys after the projections")
 
 
 def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_threads(
@@ -459,11 +464,20 @@ def test_a_capture_killed_halfway_leaves_nothing_and_a_rerun_equals_an_uninterru
     assert pd.read_parquet(out).sample_id.nunique() == 9
 
 
-def test_unsupported_architecture_fails_before_weights_load(tmp_path):
-    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8)
-    config.architectures = ["GPT2LMHeadModel"]
-    config.save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+@pytest.mark.parametrize(
+    "config_class, name, why",
+    [
+        (transformers.BloomConfig, "BloomForCausalLM", "does not call transformers' Attention"),
+        (transformers.GPTNeoConfig, "GPTNeoForCausalLM", "does not call transformers' Attention"),
+        (transformers.GptOssConfig, "GptOssForCausalLM", "learned attention sinks"),
+        (transformers.MptConfig, "MptForCausalLM", "not been tested against its eager"),
+    ],
+)
+def test_unsupported_architecture_fails_before_weights_load(tmp_path, config_class, name, why):
+    config = config_class()
+    config.architectures = [name]
+    config.save_pretrained(tmp_path)  # no weights at all: the refusal comes first
+    with pytest.raises(UnsupportedModelError, match=f"{name}.*{why}.*reads the attention of: "):
         load_model(ModelSpec(str(tmp_path), device="cpu"))
 
 

@@ -33,42 +33,61 @@ TARGET = HeadSpec(layer=1, head=2, role="target")
 class WrongHeadScaler(QueryScaler):
     """Broken: scales the neighbouring head instead of the target."""
 
-    def scale_output(self, module, inputs, output):
-        self.head = (self.head + 1) % 4
+    def scale_query(self, query):
+        self.head = (self.head + 1) % query.shape[1]
         try:
-            return super().scale_output(module, inputs, output)
+            return super().scale_query(query)
         finally:
-            self.head = (self.head - 1) % 4
+            self.head = (self.head - 1) % query.shape[1]
+
+
+class TokenAxisScaler(QueryScaler):
+    """Broken as a hook on Gemma-3's q_norm output ([B, heads, T, d]) read as [B, T, heads, d]
+    would be: scales token h of every head."""
+
+    def scale_query(self, query):
+        scaled = query.clone()
+        scaled[:, :, self.head] *= self.scales.to(query.dtype).view(-1, 1, 1)
+        return scaled
 
 
 class AlsoKeysScaler(QueryScaler):
     """Broken: scales the target head's query and also its keys."""
 
-    def __enter__(self):
-        super().__enter__()
-        attention = self.model.model.layers[self.layer].self_attn
-        kv_head = self.head // (
-            self.model.config.num_attention_heads // self.model.config.num_key_value_heads
-        )
-
-        def scale_keys(module, inputs, output):
-            scaled = output.clone().view(*output.shape[:2], -1, self.head_dim)
-            scaled[:, :, kv_head] *= self.scales.to(output.dtype).view(-1, 1, 1)
-            return scaled.view(output.shape)
-
-        self._key_handle = attention.k_proj.register_forward_hook(scale_keys)
-        return self
-
-    def __exit__(self, *exc):
-        self._key_handle.remove()
-        super().__exit__(*exc)
+    def edit(self, module, query, key, value):
+        query, key, value = super().edit(module, query, key, value)
+        if module.layer_idx == self.layer:
+            kv_head = self.head // (query.shape[1] // key.shape[1])
+            key = key.clone()
+            key[:, kv_head] *= self.scales.to(key.dtype).view(-1, 1, 1)
+        return query, key, value
 
 
 class NoisyScaler(QueryScaler):
     """Broken: the hook perturbs the query even at scale 1.0."""
 
-    def scale_output(self, module, inputs, output):
-        return super().scale_output(module, inputs, output) * 1.001
+    def scale_query(self, query):
+        return super().scale_query(query) * 1.001
+
+
+class BeforeNormScaler(QueryScaler):
+    """Broken: scales the query projection's output, before a q norm (StableLM's per-head
+    LayerNorm normalises the scale away)."""
+
+    def __enter__(self):
+        attention = self.model.model.layers[self.layer].self_attn
+        width = attention.head_dim
+
+        def scale_projection(module, inputs, output):
+            scaled = output.clone().view(*output.shape[:2], -1, width)
+            scaled[:, :, self.head] *= self.scales.to(output.dtype).view(-1, 1, 1)
+            return scaled.view(output.shape)
+
+        self._handle = attention.q_proj.register_forward_hook(scale_projection)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
 
 
 @pytest.fixture(scope="module")

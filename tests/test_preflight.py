@@ -81,9 +81,12 @@ def test_model_folders(tmp_path):
     (folder / "model.safetensors").unlink()
     (folder / "pytorch_model.bin").write_bytes(b"\0")
     assert any("no safetensors weights" in p for p in problems(pickled))
-    gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2}
-    (folder / "config.json").write_text(json.dumps(gpt2))
-    assert any("is a GPT2LMHeadModel (model_type 'gpt2')" in p for p in problems(pickled))
+    bloom = {"model_type": "bloom", "architectures": ["BloomForCausalLM"], "n_layer": 2}
+    (folder / "config.json").write_text(json.dumps(bloom))
+    assert any(
+        "is a BloomForCausalLM (model_type 'bloom'): BLOOM's attention does not call" in p
+        for p in problems(pickled)
+    )
     typo = spectra_config.deep_merge(pickled, {"model": {"name_or_path": "resources/demo/modle"}})
     assert problems(typo) == [
         "config key 'model.name_or_path': 'resources/demo/modle' is not a folder (nothing at "
@@ -207,3 +210,63 @@ def test_demo_settings_are_checked_before_the_demo_model_is_built():
 def test_automatic_selection_skips_the_head_checks(tmp_path, select):
     chosen = configured(tmp_path, intervention={"select": select, "heads": []})
     assert problems(chosen) == []
+
+
+@pytest.mark.parametrize(
+    "shape, pre_rope",
+    [
+        (
+            {"model_type": "gpt2", "n_layer": 1, "n_head": 4, "n_positions": 1024},
+            "same as post-RoPE: gpt2 has no rotary embedding",
+        ),
+        (
+            {
+                "model_type": "gemma3",
+                "text_config": {
+                    "model_type": "gemma3_text",
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                    "max_position_embeddings": 1024,
+                },
+            },
+            "after per-head RMSNorm q_norm/k_norm",
+        ),
+        (
+            {"model_type": "falcon", "alibi": True, "n_layer": 1, "n_head": 4},
+            "same as post-RoPE: falcon has no rotary embedding",
+        ),
+    ],
+)
+def test_other_architectures_are_read_from_their_own_keys(tmp_path, shape, pre_rope):
+    """Layers and heads from GPT-2's n_layer/n_head and a multimodal Gemma-3's text_config; what
+    pre-RoPE means for the model in `spectra config show`."""
+    config = configured(tmp_path)
+    (tmp_path / "model" / "config.json").write_text(json.dumps(shape))
+    found = "\n".join(problems(config))
+    assert "'intervention.heads[0].layer': 1 is out of range; the model has layers 0-0" in found
+    assert f"architecture          {shape['model_type']}; pre-RoPE means: " in (
+        spectra_config.describe(config)
+    )
+    assert pre_rope in spectra_config.describe(config)
+
+
+@pytest.mark.parametrize("overlay", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_overlays_pass_the_checks_that_need_no_download(overlay):
+    """Each example configuration (a real model of each family, by hub id) validates, has no
+    problem found from files, is shown by `spectra config show`, names a supported model_type and
+    heads within that model's shape (as its header states it)."""
+    import re
+
+    from spectra_attn.architectures import ARCHITECTURES
+
+    config = spectra_config.load(["config.yaml", str(overlay)])
+    asked = []
+    assert problems(config, hub_lookup=lambda *question: asked.append(question)) == []
+    assert ("model", "model.name_or_path") in {(q[1], q[3]) for q in asked}  # (no network here)
+    assert config["model"]["name_or_path"] in spectra_config.describe(config)
+    model_type, layers, heads = re.search(
+        r"# model_type (\w+): (\d+) layers, (\d+) heads", overlay.read_text()
+    ).groups()
+    assert model_type in ARCHITECTURES
+    for entry in config["intervention"]["heads"]:
+        assert entry["layer"] < int(layers) and entry["head"] < int(heads)

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
+import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -554,3 +556,94 @@ def test_a_bad_input_costs_no_finished_output(demo_run, tmp_path, case):
     assert finished_outputs(workdir) == before
     again = snakemake(workdir, "--cores", "1", "--resources", "gpu=1", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+
+
+# ---- other architectures (issue 16) ----------------------------------------------------------
+# The whole workflow (shards, capture, sweeps, gate checks, atlas, gain, plots) on tiny GPT-2,
+# Pythia (GPT-NeoX) and Gemma-2 models, as the demo runs on its Llama: each family's tiny random
+# model is saved beside the finished demo with the demo's tokenizer and run as a run of its own.
+TINY_VOCAB = 4096  # the demo tokenizer's
+TINY_MODELS = {
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=TINY_VOCAB,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=None,  # GPT-2's 50256 is outside the demo vocabulary
+            eos_token_id=None,
+        )
+    ),
+    "pythia": lambda: transformers.GPTNeoXForCausalLM(
+        transformers.GPTNeoXConfig(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            rotary_pct=0.25,
+            max_position_embeddings=256,
+        )
+    ),
+    "gemma2": lambda: transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=256,
+            sliding_window=32,
+            attn_implementation="eager",
+        )
+    ),
+}
+TINY_OVERLAY = """run_name: tiny-{name}
+model:
+  name_or_path: {folder}
+data:
+  context_length: 64
+  max_sequences: 64
+capture:
+  n_samples: 16
+  samples_per_job: 8
+intervention:
+  heads:
+    - {{layer: 1, head: 0, role: target}}
+    - {{layer: 1, head: 3, role: control}}
+  n_samples: 8
+gain:
+  bootstrap_samples: 200
+"""
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_the_workflow_runs_end_to_end_on_the_family(demo_run, name):
+    workdir, _, _ = demo_run
+    folder = workdir / f"tiny_{name}"
+    torch.manual_seed(0)
+    TINY_MODELS[name]().save_pretrained(folder, safe_serialization=True)
+    demo_model = workdir / "resources" / "demo" / "model"
+    for tokenizer_file in demo_model.glob("*token*"):
+        shutil.copy(tokenizer_file, folder / tokenizer_file.name)
+    overlay = workdir / f"tiny_{name}.yaml"
+    overlay.write_text(TINY_OVERLAY.format(name=name, folder=folder))
+    result = snakemake(
+        workdir, "--cores", "1", "--resources", "gpu=1", "--configfile", str(overlay)
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    run = workdir / "results" / f"tiny-{name}"
+    for check in ("baseline_sanity", "isolation", "temperature_identity"):
+        for head in ("L1_H0", "L1_H3"):
+            report = json.loads((run / "checks" / f"{check}_{head}.json").read_text())
+            assert report["passed"], report
+    assert json.loads((run / "checks" / "atlas_vs_sweep.json").read_text())["passed"]
+    assert (run / "gain" / "verdict.json").is_file()
+    assert (run / "plots" / "gain_fits" / "gain_fit_L1_H0.png").is_file()
+    part = next((run / "capture").glob("part_*.parquet"))
+    metadata = pq.read_schema(part).metadata
+    expected = {"gpt2": "gpt2", "pythia": "gpt_neox", "gemma2": "gemma2"}[name]
+    assert metadata[b"architecture.model_type"] == expected.encode()

@@ -36,9 +36,12 @@ class TemperatureRecorder(AttentionRecorder):
         super().__init__(model, settings, stop_when_done=True)
         self.scales = scales
 
-    def record(self, layer, query, key, scaling, sliding_window) -> None:
+    def record(self, layer, query, key, scaling, sliding_window, transform=None) -> None:
+        # The model's soft-cap and ALiBi bias apply after the scale: z = c·tanh(s·a/c) + b.
         per_scale = [
-            head_metrics(query, key, scaling * scale, self.settings, sliding_window)
+            head_metrics(
+                query, key, scaling * scale, self.settings, sliding_window, transform=transform
+            )
             for scale in self.scales
         ]
         self.layers[layer] = {

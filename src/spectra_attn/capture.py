@@ -1,17 +1,21 @@
 """Capture: one forward pass per batch records, for every layer, head and token, the query norm and
 the attention metrics of :mod:`spectra_attn.metrics`.
 
-How the values are taken (TransformerLens would call them ``hook_q``/``hook_k`` and
-``hook_rot_q``/``hook_rot_k``):
+Everything happens in a registered attention function (transformers' ``AttentionInterface``),
+which every architecture of :mod:`spectra_attn.architectures` calls with its post-RoPE query
+``[B, heads, T, d]``, its un-repeated keys, its mask and the logit scale, sliding window and
+soft-cap it really uses. (TransformerLens would call the two kinds ``hook_rot_q``/``hook_q``.)
 
-* ``rope="post"``: a registered attention function (transformers' ``AttentionInterface``) receives
-  each layer's post-RoPE query, the un-repeated keys and ``module.scaling``; it computes the layer's
-  real output with the SDPA implementation and the metrics from softmax(scaling·q kᵀ + causal mask),
-  the attention the model computes itself.
-* ``rope="pre"``: forward hooks on the query and key projections (after ``q_norm``/``k_norm`` in
-  models that have them) keep the pre-RoPE vectors; the attention function of the same layer then
-  computes the metrics from softmax(q kᵀ/√d + causal mask); a model with a sliding window
-  (Mistral) keeps its window in the mask, since those are the keys the head can see.
+* ``rope="post"``: the metrics of softmax(transform(scaling·q kᵀ) + causal mask), the attention
+  the model computes itself: ``transform`` is the model's soft-cap (Gemma-2) and the ALiBi bias it
+  adds to its float mask (Falcon); see :class:`~spectra_attn.metrics.LogitTransform`.
+* ``rope="pre"``: the same, from the query and keys with the rotation undone on the rotary
+  dimensions (with the (cos, sin) the attention module received): the vectors after any q/k norm,
+  before RoPE, whatever the projection layout. A model without RoPE (GPT-2, ALiBi Falcon) has
+  pre = post. The scale, cap, bias and window are the model's own.
+
+The layer's output is computed with the SDPA implementation, except where SDPA cannot compute the
+model's attention (soft-capping): there the model's own eager attention computes it.
 
 With grouped-query attention, query head h reads KV head h // (heads / kv_heads). Metrics are
 computed in float32 by blocks of queries whatever the model's dtype, so memory never holds the
@@ -32,14 +36,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectra_attn.columns import SEED_CSV_COLUMNS, SUPPORTED_MODEL_TYPES
-from spectra_attn.metrics import METRIC_NAMES, blocked_metrics, causal_logits
+from spectra_attn.architectures import (
+    INTERLEAVED,
+    NO_ROPE,
+    UnsupportedModelError,
+    architecture_for,
+    check_transformers_version,
+    logit_scale,
+    rope_style,
+    summary,
+    text_config,
+)
+from spectra_attn.columns import SEED_CSV_COLUMNS
+from spectra_attn.metrics import METRIC_NAMES, LogitTransform, blocked_metrics, causal_logits
 
 logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "spectra_capture"
-# Model types whose attention module follows the Llama layout (q_proj/k_proj, optional q_norm/k_norm
-# on the projections, layer_idx, scaling) and is tested against the model's eager attention.
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # capture_batch on a GPU queues each layer's copies of its metrics to the host without waiting for
@@ -49,16 +62,29 @@ NON_BLOCKING_COPIES = True
 _ACTIVE_RECORDER: contextvars.ContextVar[AttentionRecorder | None] = contextvars.ContextVar(
     "spectra_active_recorder", default=None
 )
+# Functions (module, query, key, value) → (query, key, value) that the attention function applies,
+# in order, before anything reads the tensors: the intervention's scaler, the isolation check's
+# probe.
+_ACTIVE_EDITS: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+    "spectra_active_edits", default=()
+)
+
+
+@contextlib.contextmanager
+def attention_edit(edit):
+    """While active, the capture attention function passes each layer's (query, key, value)
+    through ``edit(module, query, key, value)`` before recording or computing anything."""
+    token = _ACTIVE_EDITS.set((*_ACTIVE_EDITS.get(), edit))
+    try:
+        yield
+    finally:
+        _ACTIVE_EDITS.reset(token)
 
 
 class RecordingComplete(Exception):
     """Raised by a recorder made with ``stop_when_done`` once it holds every layer it records: what
     the model would compute after that (the rest of the last recorded layer, the final norm and
     head) produces nothing the recorder keeps. :func:`forward_for_metrics` catches it."""
-
-
-class UnsupportedModelError(ValueError):
-    """The model's architecture is not one whose attention Spectra knows how to read."""
 
 
 class UnsafeWeightsError(OSError):
@@ -78,14 +104,9 @@ class CaptureSettings:
 
 
 def check_model_type(model_config: Any) -> None:
-    model_type = getattr(model_config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        architectures = getattr(model_config, "architectures", None) or [model_type]
-        raise UnsupportedModelError(
-            f"unsupported model architecture {', '.join(map(str, architectures))} "
-            f"(model_type {model_type!r}); Spectra reads attention of: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    """Raise :class:`UnsupportedModelError` unless the table of architectures has the model, and
+    the installed transformers gives it to capture."""
+    check_transformers_version(architecture_for(model_config))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -106,11 +127,15 @@ def _register_attention() -> None:
     from transformers.masking_utils import sdpa_mask
 
     def spectra_attention(module, query, key, value, attention_mask, **kwargs):
+        # The eager attention's own scale, also for the output (old GPT-2 passed none to SDPA).
+        kwargs["scaling"] = logit_scale(module, kwargs.get("scaling"))
+        for edit in _ACTIVE_EDITS.get():
+            query, key, value = edit(module, query, key, value)
         recorder = _ACTIVE_RECORDER.get()
         if recorder is not None:
-            recorder.observe(
-                module, query, key, kwargs.get("scaling"), kwargs.get("sliding_window")
-            )
+            recorder.observe(module, query, key, attention_mask, kwargs)
+        if kwargs.get("softcap") is not None:  # SDPA has no soft-cap (it raises, or ignores it)
+            return eager_output(module, query, key, value, attention_mask, **kwargs)
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, spectra_attention)
@@ -118,11 +143,40 @@ def _register_attention() -> None:
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
 
+def eager_output(module, query, key, value, attention_mask, **kwargs):
+    """The layer's output as the model's own eager attention computes it (its module's
+    ``eager_attention_forward``), with SDPA's boolean mask (True: visible) or none at all (causal,
+    within ``sliding_window``) made into the additive float mask eager expects."""
+    import sys
+
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    length, n_keys = query.shape[-2], key.shape[-2]
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        visible = attention_mask
+        if visible is None:
+            query_pos = torch.arange(n_keys - length, n_keys, device=query.device)[:, None]
+            key_pos = torch.arange(n_keys, device=query.device)[None, :]
+            visible = key_pos <= query_pos
+            window = kwargs.get("sliding_window")
+            if window is not None:
+                visible &= key_pos > query_pos - window
+        visible = visible.expand(1, 1, *visible.shape[-2:]) if visible.dim() == 2 else visible
+        attention_mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
+        attention_mask.masked_fill_(~visible, torch.finfo(query.dtype).min)
+    return eager(module, query, key, value, attention_mask, **kwargs)
+
+
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention module of every decoder layer, in layer order."""
-    modules = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+    """The self-attention module of every decoder layer, in layer order (of the language model:
+    a multimodal checkpoint's vision tower is left out)."""
+    name = architecture_for(model.config).attention_class
+    modules = [
+        m
+        for m in model.modules()
+        if hasattr(m, "layer_idx") and any(c.__name__ == name for c in type(m).__mro__)
+    ]
     if not modules:
-        raise UnsupportedModelError(f"{type(model).__name__}: no attention modules with q_proj")
+        raise UnsupportedModelError(f"{type(model).__name__}: no {name} modules")
     return sorted(modules, key=lambda m: m.layer_idx)
 
 
@@ -142,17 +196,44 @@ def attention_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
 
 
 def pre_rope_source(attention: torch.nn.Module, kind: str) -> torch.nn.Module:
-    """The module whose output is an attention module's pre-RoPE query (``kind="q"``) or key
-    (``"k"``): ``q_norm``/``k_norm`` where the model has them (Qwen3, OLMo-2), else the
-    projection."""
+    """The module whose output is a Llama-layout attention module's pre-RoPE query (``kind="q"``)
+    or key (``"k"``): ``q_norm``/``k_norm`` where the model has them (Qwen3, OLMo-2), else the
+    projection. Capture itself no longer hooks modules (it undoes the rotation, which works for
+    every layout); the GPU benchmark compares with this way."""
     return getattr(attention, f"{kind}_norm", None) or getattr(attention, f"{kind}_proj")
 
 
 def head_dim(model_config: Any) -> int:
-    """Per-head width: the config's ``head_dim`` where set, else hidden size / heads."""
-    return getattr(model_config, "head_dim", None) or (
-        model_config.hidden_size // model_config.num_attention_heads
-    )
+    """Per-head width: the (text) config's ``head_dim`` where set, else hidden size / heads."""
+    config = text_config(model_config)
+    return getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads)
+
+
+def undo_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str) -> torch.Tensor:
+    """The vectors ``x`` ``[B, heads, T, d]`` before the rotation that RoPE applied with ``cos``,
+    ``sin`` ``[B, T, r]``, in float32.
+
+    RoPE rotates each pair (u, v) of the first r dimensions — (i, i + r/2), or (2i, 2i + 1)
+    ``interleaved`` — to (u·cos − v·sin, v·cos + u·sin) (x' = x·cos + (x·J)·sin), so its inverse
+    is u = u'·cos + v'·sin, v = v'·cos − u'·sin; the other d − r dimensions are as they were.
+    Written straight into one float32 buffer (four fused passes over the rotary half-pairs: a
+    rotate-and-concatenate would cost several times more on the Llama path)."""
+    rotary = cos.shape[-1]
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    if style == INTERLEAVED:
+        first, second = slice(0, rotary, 2), slice(1, rotary, 2)
+    else:
+        first, second = slice(0, rotary // 2), slice(rotary // 2, rotary)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, r]: broadcast over heads
+    u, v = x[..., first], x[..., second]
+    out_u, out_v = out[..., first], out[..., second]
+    torch.mul(u, cos[..., first], out=out_u)
+    out_u.addcmul_(v, sin[..., first])
+    torch.mul(v, cos[..., second], out=out_v)
+    out_v.addcmul_(u, sin[..., second], value=-1.0)
+    if rotary < x.shape[-1]:
+        out[..., rotary:] = x[..., rotary:]
+    return out
 
 
 @dataclass(frozen=True)
@@ -239,37 +320,39 @@ class AttentionRecorder:
         self.modules = [
             m for m in attention_modules(model) if layers is None or m.layer_idx in layers
         ]
-        self.num_heads = model.config.num_attention_heads
+        self.num_heads = text_config(model.config).num_attention_heads
         self.head_dim = head_dim(model.config)
+        self.rope_style = rope_style(model.config)
         self.heads = heads
         self.keep_logits = keep_logits
         self.non_blocking_copies = non_blocking_copies
         self.stop_when_done = stop_when_done
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self.logits: dict[int, torch.Tensor] = {}
+        self.transforms: dict[int, LogitTransform] = {}
         self._recorded = {m.layer_idx for m in self.modules}
         self._last_recorded = max(self._recorded, default=None)
-        self._pre_rope: dict[tuple[int, str], torch.Tensor] = {}
+        self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list[Any] = []
         self._token: contextvars.Token | None = None
 
-    # -- pre-RoPE hooks ----------------------------------------------------------------------
-    def _hook(self, layer: int, kind: str):
-        def keep(module, inputs, output):
-            batch, length = output.shape[0], output.shape[1]
-            self._pre_rope[(layer, kind)] = output.reshape(batch, length, -1, self.head_dim)
-
-        return keep
+    # -- pre-RoPE: the (cos, sin) each attention module receives ---------------------------------
+    def _keep_rotary(self, module, args, kwargs) -> None:
+        embeddings = kwargs.get("position_embeddings")
+        if embeddings is None:  # passed by position (after hidden_states) in some families
+            embeddings = next(
+                (a for a in args if isinstance(a, tuple) and len(a) == 2),
+                None,
+            )
+        if embeddings is not None:
+            self._rotary[module.layer_idx] = embeddings
 
     def __enter__(self) -> AttentionRecorder:
-        if self.settings.rope == "pre":
+        if self.settings.rope == "pre" and self.rope_style != NO_ROPE:
             for module in self.modules:
-                for kind in ("q", "k"):
-                    self._handles.append(
-                        pre_rope_source(module, kind).register_forward_hook(
-                            self._hook(module.layer_idx, kind)
-                        )
-                    )
+                self._handles.append(
+                    module.register_forward_pre_hook(self._keep_rotary, with_kwargs=True)
+                )
         self._token = _ACTIVE_RECORDER.set(self)
         return self
 
@@ -277,7 +360,7 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._pre_rope.clear()
+        self._rotary.clear()
         if self._token is not None:
             _ACTIVE_RECORDER.reset(self._token)
             self._token = None
@@ -288,25 +371,34 @@ class AttentionRecorder:
         module: torch.nn.Module,
         query: torch.Tensor,
         key: torch.Tensor,
-        scaling: float | None,
-        sliding_window: int | None,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
     ) -> None:
+        """One layer's post-RoPE ``query`` ``[B, heads, T, d]`` and un-repeated ``key``, its mask
+        and the attention keywords (``scaling``, ``sliding_window``, ``softcap``)."""
         layer = module.layer_idx
         if layer not in self._recorded:
             return
-        if self.settings.rope == "pre":
-            # [B, T, heads, d] → [B, heads, T, d]
-            query = self._pre_rope.pop((layer, "q")).transpose(1, 2)
-            key = self._pre_rope.pop((layer, "k")).transpose(1, 2)
+        scaling = kwargs.get("scaling")
+        if scaling is None:
             scaling = 1.0 / math.sqrt(self.head_dim)
-        elif scaling is None:
-            scaling = 1.0 / math.sqrt(self.head_dim)
+        # ALiBi: the model adds its bias to a float mask (a boolean mask or none: causal only).
+        bias = None
+        if attention_mask is not None and attention_mask.is_floating_point():
+            bias = attention_mask
         if self.heads is not None:
             # Only these query heads, each with its own KV head (h // groups), so groups = 1.
             groups = query.shape[1] // key.shape[1]
             query = query[:, self.heads]
             key = key[:, [head // groups for head in self.heads]]
-        self.record(layer, query, key, scaling, sliding_window)
+            if bias is not None and bias.shape[1] > 1:
+                bias = bias[:, self.heads]
+        if self.settings.rope == "pre" and self.rope_style != NO_ROPE:
+            cos, sin = self._rotary.pop(layer)
+            query = undo_rope(query, cos, sin, self.rope_style)
+            key = undo_rope(key, cos, sin, self.rope_style)
+        transform = LogitTransform(kwargs.get("softcap"), bias)
+        self.record(layer, query, key, scaling, kwargs.get("sliding_window"), transform)
         if self.stop_when_done and layer == self._last_recorded:
             raise RecordingComplete
 
@@ -317,6 +409,7 @@ class AttentionRecorder:
         key: torch.Tensor,
         scaling: float,
         sliding_window: int | None,
+        transform: LogitTransform | None = None,
     ) -> None:
         """Store what this recorder measures of one layer's (selected) heads."""
         self.layers[layer] = head_metrics(
@@ -326,8 +419,11 @@ class AttentionRecorder:
             self.settings,
             sliding_window=sliding_window,
             non_blocking=self.non_blocking_copies,
+            transform=transform,
         )
         if self.keep_logits:
+            # The scaled logits a = scaling·q kᵀ (masked) before the model's cap or bias, and
+            # that transform: the temperature identity is a statement about a.
             self.logits[layer] = causal_logits(
                 query,
                 key.repeat_interleave(query.shape[1] // key.shape[1], dim=1),
@@ -335,6 +431,9 @@ class AttentionRecorder:
                 0,
                 sliding_window,
             ).cpu()
+            transform = transform or LogitTransform()
+            bias = None if transform.bias is None else transform.bias.cpu()
+            self.transforms[layer] = LogitTransform(transform.softcap, bias)
 
 
 def head_metrics(
@@ -344,10 +443,12 @@ def head_metrics(
     settings: CaptureSettings,
     sliding_window: int | None = None,
     non_blocking: bool = False,
+    transform: LogitTransform | None = None,
 ) -> dict[str, torch.Tensor]:
     """Metrics of every (sample, head, token) of one layer.
 
-    ``query``: ``[B, heads, T, d]``; ``key``: ``[B, kv_heads, T, d]`` (un-repeated). Returns
+    ``query``: ``[B, heads, T, d]``; ``key``: ``[B, kv_heads, T, d]`` (un-repeated);
+    ``transform``: the model's soft-cap and ALiBi bias (``[B, heads or 1, T, T]``). Returns
     ``[B, heads, T]`` tensors on the CPU. ``non_blocking``: from a GPU, queue the copies to the
     host (pinned memory) without waiting for them; the values are there only once the device has
     synchronized. Waiting for each layer's copies would stall the host, which then could not queue
@@ -359,6 +460,10 @@ def head_metrics(
     # Query head h = g_kv * groups + i reads KV head g_kv = h // groups: broadcast, don't copy.
     grouped_query = query.reshape(batch, kv_heads, groups, length, dim)
     grouped_key = key.unsqueeze(2)
+    if transform is not None and transform.bias is not None:
+        bias = transform.bias
+        bias = bias.unflatten(1, (kv_heads, groups)) if bias.shape[1] == heads else bias[:, None]
+        transform = LogitTransform(transform.softcap, bias)
     metrics = blocked_metrics(
         grouped_query,
         grouped_key,
@@ -366,6 +471,7 @@ def head_metrics(
         settings.k_eff_threshold,
         settings.query_block_size,
         sliding_window,
+        transform,
     )
     out = {"query_norm": torch.linalg.vector_norm(query.float(), dim=-1)}
     for name in METRIC_NAMES:
@@ -509,6 +615,7 @@ def parquet_schema(metadata: dict[str, str] | None = None):
 def check_model_fits(model_config: Any, context_length: int, max_token_id: int) -> None:
     """Fail before the weights load if the shards do not fit the model."""
     check_model_type(model_config)
+    model_config = text_config(model_config)
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is not None and context_length > limit:
         raise ValueError(
@@ -663,6 +770,8 @@ def run_capture(
 
     table, tokens, model = prepare(spec, manifest_path, sample_start, sample_stop)
     logger.info("capture settings: %s", settings)
+    # The architecture, and what pre-RoPE means for it (pre = post without RoPE).
+    architecture = {f"architecture.{k}": v for k, v in summary(model.config).items()}
     metadata = {
         "spectra_version": __version__,
         "model": str(spec.name_or_path),
@@ -671,6 +780,7 @@ def run_capture(
         "k_eff_threshold": str(settings.k_eff_threshold),
         "entropy_skip_tokens": str(settings.entropy_skip_tokens),
         **(metadata or {}),
+        **architecture,
     }
     threads = writer_threads_for(model.device)
     logger.info("Parquet row groups built and encoded on %d thread(s)", threads)

@@ -4,9 +4,13 @@ on a deliberately broken intervention.
 
 * baseline sanity: no intervention vs scale 1.0 — the head's metrics and the output logits agree;
 * isolation: at the target layer only the target head's query changes, by exactly the factor s;
-  other heads' queries and all keys and values are unchanged;
-* temperature identity: the head's attention at scale s equals softmax(s·z) of its baseline
-  logits z.
+  other heads' queries and all keys and values are unchanged. They are read as the attention
+  uses them (after the scaler; post-RoPE, whose ratios are the pre-RoPE ones, RoPE being a
+  rotation), so a scale applied before a q norm (normalised away), on the wrong head, or on the
+  token axis (a [B, heads, T, d] tensor read as [B, T, heads, d]) fails;
+* temperature identity: the head's attention at scale s equals softmax(s·a) of its baseline
+  scaled logits a, through the model's own soft-cap and ALiBi bias where it has them:
+  softmax(c·tanh(s·a/c) + b).
 """
 
 from __future__ import annotations
@@ -16,17 +20,12 @@ from typing import Any
 
 import torch
 
-from spectra_attn.capture import (
-    AttentionRecorder,
-    CaptureSettings,
-    ModelSpec,
-    attention_module,
-    head_dim,
-    pre_rope_source,
-)
+from spectra_attn.architectures import architecture_for
+from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_edit
 from spectra_attn.gates import TOLERANCES, require
 from spectra_attn.gates import CheckFailed as CheckFailed  # raised by require(); re-exported
-from spectra_attn.intervention import TOKEN_METRICS, HeadSpec, QueryScaler, query_source
+from spectra_attn.intervention import TOKEN_METRICS, HeadSpec, QueryScaler
+from spectra_attn.metrics import MASKED_LOGIT
 
 
 def tolerance_for(model: torch.nn.Module) -> float:
@@ -96,47 +95,41 @@ def isolation(
     scale: float,
     scaler_class: type[QueryScaler] = QueryScaler,
 ) -> dict[str, Any]:
-    """Queries (pre-RoPE), keys and values of the target layer with and without the
-    intervention at ``scale``."""
+    """Queries, keys and values of the target layer, as its attention uses them, with and without
+    the intervention at ``scale``. (The query read there is post-RoPE; RoPE rotates each vector,
+    so the ratio of scaled to baseline is the pre-RoPE one.)"""
     input_ids = input_ids.to(model.device)
-    attention = attention_module(model, spec.layer)
-    sources = {
-        "query": query_source(model, spec.layer),
-        "key": pre_rope_source(attention, "k"),
-        "value": attention.v_proj,
-    }
-    width = head_dim(model.config)
 
     def record(factors):
         seen: dict[str, torch.Tensor] = {}
-        with _scaled(scaler_class, model, spec, factors):
-            handles = [  # registered after the scaler, so they see its output
-                module.register_forward_hook(
-                    lambda m, i, o, name=name: seen.__setitem__(
-                        name, o.detach().float().cpu().reshape(*o.shape[:2], -1, width)
-                    )
-                )
-                for name, module in sources.items()
-            ]
-            try:
-                model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
-            finally:
-                for handle in handles:
-                    handle.remove()
+
+        def probe(module, query, key, value):
+            if module.layer_idx == spec.layer:
+                for name, tensor in (("query", query), ("key", key), ("value", value)):
+                    seen[name] = tensor.detach().float().cpu()  # [B, heads, T, d]
+            return query, key, value
+
+        # The probe is applied after the scaler, so it sees what the attention computes with.
+        with _scaled(scaler_class, model, spec, factors), attention_edit(probe):
+            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
         return seen
 
     base = record(None)
     scaled = record(torch.full((len(input_ids),), float(scale)))
-    others = [h for h in range(base["query"].shape[2]) if h != spec.head]
+    others = [h for h in range(base["query"].shape[1]) if h != spec.head]
     deviations = {
         "target_query_vs_scale_times_baseline": _relative(
-            scaled["query"][:, :, spec.head], scale * base["query"][:, :, spec.head]
+            scaled["query"][:, spec.head], scale * base["query"][:, spec.head]
         ),
-        "other_queries": _relative(scaled["query"][:, :, others], base["query"][:, :, others]),
+        "other_queries": _relative(scaled["query"][:, others], base["query"][:, others]),
         "keys": _relative(scaled["key"], base["key"]),
         "values": _relative(scaled["value"], base["value"]),
     }
-    return _report("isolation", spec, tolerance_for(model), deviations, scale=scale)
+    extra = {"scale": scale}
+    note = architecture_for(model.config).intervention_note
+    if note:
+        extra["scaled_query"] = note
+    return _report("isolation", spec, tolerance_for(model), deviations, **extra)
 
 
 @torch.inference_mode()
@@ -148,8 +141,9 @@ def temperature_identity(
     settings: CaptureSettings,
     scaler_class: type[QueryScaler] = QueryScaler,
 ) -> dict[str, Any]:
-    """The head's attention probabilities at each scale s against softmax(s·z) of its baseline
-    logits z (max absolute difference of probabilities)."""
+    """The head's attention probabilities at each scale s against softmax(transform(s·a)) of its
+    baseline scaled logits a, transform being the model's soft-cap and ALiBi bias (the identity
+    elsewhere: softmax(s·a)); max absolute difference of probabilities."""
     input_ids = input_ids.to(model.device)
 
     def logits_with(factors):
@@ -158,16 +152,22 @@ def temperature_identity(
         )
         with _scaled(scaler_class, model, spec, factors), recorder:
             model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
-        return recorder.logits[spec.layer].double()  # [B, 1, T, T]
+        transform = recorder.transforms[spec.layer]
+        # [B, 1, T, T]; the model's logits of what was computed at this scale
+        return recorder.logits[spec.layer].double(), transform
 
-    base = logits_with(None)
+    base, transform = logits_with(None)
+    masked = base == MASKED_LOGIT
+
+    def probabilities(raw):
+        z = transform.apply(raw.masked_fill(masked, MASKED_LOGIT))
+        return torch.softmax(z, dim=-1)
+
     deviations = {}
     for scale in scales:
-        intervened = logits_with(torch.full((len(input_ids),), float(scale)))
-        expected = torch.softmax(scale * base, dim=-1)
-        deviations[f"scale_{scale:g}"] = (
-            (torch.softmax(intervened, dim=-1) - expected).abs().max().item()
-        )
+        intervened, _ = logits_with(torch.full((len(input_ids),), float(scale)))
+        expected = probabilities(scale * base)
+        deviations[f"scale_{scale:g}"] = (probabilities(intervened) - expected).abs().max().item()
     return _report(
         "temperature_identity", spec, tolerance_for(model), deviations, rope=settings.rope
     )

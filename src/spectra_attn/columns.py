@@ -19,7 +19,5 @@ SEED_CSV_COLUMNS = (
     "max_attn",
     "k_eff",
 )
-# The architectures (transformers' model_type) whose attention capture knows how to read.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
 # The metrics whose response to a head's query scale (their gain) the sweep and atlas measure.
 GAIN_METRICS = ("max_attn", "entropy", "k_eff")

@@ -240,11 +240,14 @@ def describe(config: Mapping[str, Any]) -> str:
         "in order",
         "  attention             "
         + (
-            "pre-RoPE: p = softmax(q·kᵀ/√d + causal mask), q and k taken after the projections "
-            "and before the rotary embedding"
+            "pre-RoPE: p = softmax(transform(scaling·q·kᵀ) + causal mask), q and k after any "
+            "q/k norm with the rotary embedding undone; scaling, soft-cap, ALiBi bias and "
+            "sliding window the model's own"
             if rope == "pre"
-            else "post-RoPE: the model's own attention (rotary embedding, its scaling and mask)"
+            else "post-RoPE: the model's own attention (rotary embedding, its scaling, soft-cap, "
+            "ALiBi bias and mask)"
         ),
+        f"  architecture          {_architecture_line(config)}",
         "  grouped-query         query head h reads KV head h // (heads / kv_heads)",
         "  query_norm            ‖q‖₂ of the head's query vector"
         + (" (pre-RoPE)" if rope == "pre" else " (post-RoPE)"),
@@ -257,13 +260,34 @@ def describe(config: Mapping[str, Any]) -> str:
         "Intervention",
         f"  heads                 {heads}",
         f"  scales                {', '.join(str(s) for s in intervention['scales'])} "
-        "(q of one head multiplied by s after the projection, before RoPE)",
+        "(q of one head multiplied by s after the projection and any q norm, before RoPE)",
         f"  samples               the first {intervention['n_samples']} sequences",
         "  expected              entropy decreasing (strongest), max_attn increasing, "
         "k_eff decreasing (weakest)",
         "  gain                  Gain = d mean(max_attn) / d ln(s), by OLS",
     ]
     return "\n".join(lines)
+
+
+def _architecture_line(config: Mapping[str, Any]) -> str:
+    """The model's architecture and what pre-RoPE means for it, when its config.json is here (a
+    hub model's is read by its job)."""
+    import json
+
+    from spectra_attn.architectures import UnsupportedModelError, pre_rope_meaning
+
+    if uses_demo_model(config):
+        shape: dict[str, Any] = {"model_type": "llama"}
+    else:
+        path = Path(config["model"]["name_or_path"]) / "config.json"
+        try:
+            shape = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return "read from the model's config.json when its job starts"
+    try:
+        return f"{shape.get('model_type')}; pre-RoPE means: {pre_rope_meaning(shape)}"
+    except UnsupportedModelError as error:
+        return str(error)
 
 
 def write_description(config: Mapping[str, Any], path: str | Path) -> None:

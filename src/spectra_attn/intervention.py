@@ -1,8 +1,12 @@
 """Query-scaling intervention (seed: Phase-1 Experiment 1).
 
-The query of one head (layer L, head h) is multiplied by s after the query projection and before
-the rotary embedding — after ``q_norm`` in models that have one, since a scale applied before it
-would be normalised away (and OLMo-2's norm spans all heads). Nothing else in the model changes.
+The query of one head (layer L, head h) is multiplied by s after the query projection and any
+q norm, and before the rotary embedding, on every architecture of
+:mod:`spectra_attn.architectures`: the capture attention function scales ``query[:, h]`` of the
+post-RoPE query ``[B, heads, T, d]`` it receives, which is the same thing, RoPE being a rotation
+(R(s·q) = s·R(q)). A scale applied to a projection's output instead would be normalised away by a
+q norm (Qwen3, OLMo-2, StableLM's per-head LayerNorm), or hit token h of every head where the norm
+runs on ``[B, heads, T, d]`` (Gemma-3). Nothing else in the model changes.
 
 Scaling q by s multiplies the head's logits by s, so the head's own metrics follow from its
 baseline logits alone (softmax(s·z): a temperature); the model's next-token loss and the
@@ -20,13 +24,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from spectra_attn.architectures import text_config
 from spectra_attn.capture import (
     AttentionRecorder,
     CaptureSettings,
     ModelSpec,
+    attention_edit,
     attention_module,
-    head_dim,
-    pre_rope_source,
     token_mean,
 )
 
@@ -54,6 +58,7 @@ class HeadSpec:
 
 def check_heads(heads: list[HeadSpec], model_config: Any) -> None:
     """Fail, naming the entry, when a layer or head does not exist in the model."""
+    model_config = text_config(model_config)
     n_layers = model_config.num_hidden_layers
     n_heads = model_config.num_attention_heads
     for spec in heads:
@@ -69,39 +74,40 @@ def check_heads(heads: list[HeadSpec], model_config: Any) -> None:
             )
 
 
-def query_source(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """The module whose output is the layer's pre-RoPE query: ``q_norm`` if present, else
-    ``q_proj``."""
-    return pre_rope_source(attention_module(model, layer), "q")
-
-
 class QueryScaler:
-    """While active, multiplies head ``head`` of layer ``layer``'s pre-RoPE query by
-    ``scales[b]`` for batch element ``b``."""
+    """While active, multiplies head ``head`` of layer ``layer``'s query by ``scales[b]`` for
+    batch element ``b``, in the capture attention function (the model must use it:
+    :func:`~spectra_attn.capture.use_capture_attention`)."""
 
     def __init__(self, model: torch.nn.Module, layer: int, head: int, scales: torch.Tensor):
         self.model = model
         self.layer = layer
         self.head = head
         self.scales = scales
-        self.head_dim = head_dim(model.config)
-        self._handle = None
+        self._context = None
 
-    def scale_output(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
-        batch, length = output.shape[:2]
-        scaled = output.clone().view(batch, length, -1, self.head_dim)
-        factor = self.scales.to(device=output.device, dtype=output.dtype)
-        scaled[:, :, self.head, :] *= factor.view(-1, 1, 1)
-        return scaled.view(output.shape)
+    def scale_query(self, query: torch.Tensor) -> torch.Tensor:
+        """``query`` ``[B, heads, T, d]`` with head ``self.head`` of element b scaled by
+        ``scales[b]``."""
+        scaled = query.clone()
+        factor = self.scales.to(device=query.device, dtype=query.dtype)
+        scaled[:, self.head] *= factor.view(-1, 1, 1)
+        return scaled
+
+    def edit(self, module, query, key, value):
+        if module.layer_idx != self.layer:
+            return query, key, value
+        return self.scale_query(query), key, value
 
     def __enter__(self) -> QueryScaler:
-        self._handle = query_source(self.model, self.layer).register_forward_hook(self.scale_output)
+        self._context = attention_edit(self.edit)
+        self._context.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        if self._context is not None:
+            self._context.__exit__(*exc)
+            self._context = None
 
 
 def decoder_layer(model: torch.nn.Module, layer: int) -> torch.nn.Module:

@@ -15,6 +15,16 @@ pⱼ = softmax(z)ⱼ:
 The last two are the derivatives, at s = 1, of the metrics of softmax(s·z): scaling a head's query
 by s multiplies its logits by s, so they give the head's own response to the query-scaling
 intervention without running it.
+
+Where the model transforms the scaled logits a = scaling·q·k (:class:`LogitTransform`: Gemma-2's
+soft-cap z = c·tanh(a/c), Falcon's ALiBi bias z = a + b), scaling the query by s gives
+z(s) = c·tanh(s·a/c) + b, whose derivative at s = 1 is g = dz/d ln s = a·sech²(a/c) (a without a
+cap), not z. The gains are then the general forms
+
+* ``gain_max_attn``  p_max · (g_max − E_p[g])          (g_max: g at the most attended key)
+* ``gain_entropy``   −Cov_p(z, g) = −(E_p[z·g] − E_p[z]·E_p[g])
+
+which are the two above when g = z.
 """
 
 from __future__ import annotations
@@ -146,6 +156,62 @@ def keys_for_mass(p: torch.Tensor, threshold: float) -> torch.Tensor:
     return (p.shape[-1] - dropped).clamp(min=1).to(torch.int32)
 
 
+@dataclass(frozen=True)
+class LogitTransform:
+    """What the model does to its scaled logits a = scaling·q·kᵀ before the softmax:
+    z = c·tanh(a/c) with ``softcap`` c (Gemma-2), then + ``bias`` (ALiBi: the per-head bias the
+    model adds to its float mask, ``[..., T, T]`` broadcastable to the logits; masked entries hold
+    a very negative value). Masked keys stay masked."""
+
+    softcap: float | None = None
+    bias: torch.Tensor | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.softcap is None and self.bias is None
+
+    def apply(self, raw: torch.Tensor, query_start: int = 0) -> torch.Tensor:
+        """z from the masked raw logits of :func:`causal_logits` (rows ``query_start …``)."""
+        return self.logits_and_slope(raw, query_start)[0]
+
+    def logits_and_slope(
+        self, raw: torch.Tensor, query_start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, g): the model's logits z from the masked raw logits a, and g = dz/d ln s of
+        z(s) = transform(s·a) at s = 1: a·sech²(a/c) = a·(1 − tanh²(a/c)), or a; 0 where masked.
+        One tanh for both."""
+        masked = raw == MASKED_LOGIT
+        if self.softcap is not None:
+            t = torch.tanh(raw / self.softcap)
+            g = raw * (1.0 - t * t)
+            z = t.mul_(self.softcap)
+        else:
+            g, z = raw, raw.clone()
+        if self.bias is not None:
+            rows, keys = raw.shape[-2:]
+            z += self.bias[..., query_start : query_start + rows, :keys].to(z.device, z.dtype)
+        z.masked_fill_(masked, MASKED_LOGIT).clamp_(min=MASKED_LOGIT)
+        return z, g.masked_fill(masked, 0.0)
+
+
+def transformed_gains(
+    z: torch.Tensor, g: torch.Tensor, max_attn: torch.Tensor, entropy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gain_max_attn, gain_entropy) of rows of logits ``z`` whose derivative in ln s is ``g``,
+    given the rows' ``max_attn`` and ``entropy`` (from :func:`row_metrics`):
+    p_max·(g_max − E_p[g]) and −Cov_p(z, g) = −(E_p[(z − z_max)·g] − E_p[z − z_max]·E_p[g]),
+    with p = p_max·exp(z − z_max) and E_p[z − z_max] = −ln p_max − H. In float32."""
+    z_max, top = z.float().max(dim=-1, keepdim=True)
+    shifted = z - z_max  # ≤ 0; Cov_p(z, g) does not depend on the shift
+    log_max = max_attn.log().unsqueeze(-1)
+    p = torch.exp(shifted + log_max)
+    mean_g = torch.einsum("...k,...k->...", p, g)
+    mean_shifted_g = torch.einsum("...k,...k->...", p, shifted.mul_(g))
+    mean_shifted = -log_max.squeeze(-1) - entropy
+    gain_max = max_attn * (g.gather(-1, top).squeeze(-1) - mean_g)
+    return gain_max, -(mean_shifted_g - mean_shifted * mean_g)
+
+
 def _shares_keys(query: torch.Tensor, key: torch.Tensor) -> bool:
     """Whether ``query`` holds grouped-query heads ``[..., groups, rows, d]`` that share one key
     ``[..., 1, keys, d]``."""
@@ -198,9 +264,12 @@ def blocked_metrics(
     k_eff_threshold: float = 0.9,
     block_size: int = 256,
     sliding_window: int | None = None,
+    transform: LogitTransform | None = None,
 ) -> RowMetrics:
     """Row metrics of causal attention softmax(scaling · q kᵀ), by blocks of ``block_size``
-    queries, so memory is ``[..., block_size, T]`` rather than ``[..., T, T]``.
+    queries, so memory is ``[..., block_size, T]`` rather than ``[..., T, T]``. With a
+    ``transform`` (soft-cap, ALiBi), of softmax(transform(scaling · q kᵀ)), with the gains of the
+    transformed logits; these always take the blocked path (the CPU kernel computes plain logits).
 
     ``query``: ``[..., T, d]``; ``key``: ``[..., T, d]``, already repeated for grouped-query heads
     or broadcastable to the query's leading shape. On the CPU there are no blocks: one kernel
@@ -208,6 +277,10 @@ def blocked_metrics(
     the logits are in the cache, so nothing of size [rows, T] is held beyond the inputs.
     """
     length = query.shape[-2]
+    if transform is not None and not transform.is_identity:
+        return _transformed_metrics(
+            query, key, scaling, k_eff_threshold, block_size, sliding_window, transform
+        )
     if query.device.type == "cpu" and CPU_KERNEL:
         return _attention_metrics_cpu(query, key, scaling, k_eff_threshold, sliding_window)
     # Last block first: the buffers only shrink from one block to the next, so the allocator
@@ -217,6 +290,33 @@ def blocked_metrics(
         block = query[..., start : start + block_size, :]
         logits = causal_logits(block, key, scaling, start, sliding_window)
         parts.append(row_metrics(logits, k_eff_threshold))
+    parts.reverse()
+    return RowMetrics(
+        *(torch.cat([getattr(p, name) for p in parts], dim=-1) for name in METRIC_NAMES)
+    )
+
+
+def _transformed_metrics(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    k_eff_threshold: float,
+    block_size: int,
+    sliding_window: int | None,
+    transform: LogitTransform,
+) -> RowMetrics:
+    """:func:`blocked_metrics` of transformed logits: the metrics of z = transform(a) by
+    :func:`row_metrics`, the gains from z and g = dz/d ln s (:func:`transformed_gains`)."""
+    parts: list[RowMetrics] = []
+    for start in reversed(range(0, query.shape[-2], block_size)):
+        block = query[..., start : start + block_size, :]
+        raw = causal_logits(block, key, scaling, start, sliding_window)
+        z, g = transform.logits_and_slope(raw, start)
+        metrics = row_metrics(z, k_eff_threshold)
+        metrics.gain_max_attn, metrics.gain_entropy = transformed_gains(
+            z, g, metrics.max_attn, metrics.entropy
+        )
+        parts.append(metrics)
     parts.reverse()
     return RowMetrics(
         *(torch.cat([getattr(p, name) for p in parts], dim=-1) for name in METRIC_NAMES)

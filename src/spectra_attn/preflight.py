@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spectra_attn import hub
-from spectra_attn.columns import SUPPORTED_MODEL_TYPES
+from spectra_attn.architectures import UnsupportedModelError, raw_shape
 from spectra_attn.config import sample_counts, uses_demo_corpus, uses_demo_model
 from spectra_attn.corpus import CorpusError, find_split_files, hub_cache_dir, is_hub_id
 from spectra_attn.demo_corpus import SPLITS as DEMO_SPLITS
@@ -110,14 +110,13 @@ def _model(config: Mapping[str, Any], hub_lookup: HubLookup) -> list[str]:
     if shape is None:
         return found
     name = config["model"]["name_or_path"]
-    model_type = shape.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        architectures = ", ".join(shape.get("architectures") or [str(model_type)])
-        found.append(
-            f"config key 'model.name_or_path': {name!r} is a {architectures} (model_type "
-            f"{model_type!r}); Spectra reads the attention of: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    longest = shape.get("max_position_embeddings")
+    try:
+        counts = raw_shape(shape)  # GPT-2's n_layer…, a multimodal Gemma-3's text_config
+    except UnsupportedModelError as error:
+        message = str(error).removeprefix("unsupported model architecture ")
+        found.append(f"config key 'model.name_or_path': {name!r} is a {message}")
+        counts = {"layers": None, "heads": None, "max_positions": None}
+    longest = counts["max_positions"]
     length = config["data"]["context_length"]
     if longest is not None and length > longest:
         found.append(
@@ -125,7 +124,7 @@ def _model(config: Mapping[str, Any], hub_lookup: HubLookup) -> list[str]:
             f"(max_position_embeddings={longest})"
         )
     intervention = config["intervention"]
-    layers, heads = shape.get("num_hidden_layers"), shape.get("num_attention_heads")
+    layers, heads = counts["layers"], counts["heads"]
     if intervention["select"] == "explicit" and layers and heads:
         for index, entry in enumerate(intervention["heads"]):
             if entry["layer"] >= layers:
