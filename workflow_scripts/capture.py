@@ -3,7 +3,7 @@
 import torch
 
 from spectra_attn import model_provenance, provenance
-from spectra_attn.capture import CaptureSettings, ModelSpec, resolve_device, run_capture
+from spectra_attn.capture import CaptureSettings, ModelSpec, run_capture
 
 
 def main(snakemake) -> None:
@@ -11,14 +11,7 @@ def main(snakemake) -> None:
     params = snakemake.params
     start, stop = params.sample_range
     spec = ModelSpec(**{**params.model, "name_or_path": params.model_path})
-    record = model_provenance.collect(
-        params.provenance,
-        model=spec.name_or_path,
-        revision=spec.revision,
-        trust_remote_code=spec.trust_remote_code,
-        manifest=snakemake.input.manifest,
-        device=resolve_device(spec.device),
-    )
+    record = model_provenance.collect_for_job(params.provenance, spec, snakemake.input.manifest)
     run_capture(
         spec,
         snakemake.input.manifest,

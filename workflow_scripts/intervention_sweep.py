@@ -3,7 +3,7 @@
 import torch
 
 from spectra_attn import model_provenance, provenance
-from spectra_attn.capture import CaptureSettings, ModelSpec, resolve_device
+from spectra_attn.capture import CaptureSettings, ModelSpec
 from spectra_attn.intervention import HeadSpec, run_head_sweep
 
 
@@ -11,14 +11,7 @@ def main(snakemake) -> None:
     torch.set_num_threads(snakemake.threads)
     params, resources = snakemake.params, snakemake.resources
     spec = ModelSpec(**{**params.model, "name_or_path": params.model_path})
-    record = model_provenance.collect(
-        params.provenance,
-        model=spec.name_or_path,
-        revision=spec.revision,
-        trust_remote_code=spec.trust_remote_code,
-        manifest=snakemake.input.manifest,
-        device=resolve_device(spec.device),
-    )
+    record = model_provenance.collect_for_job(params.provenance, spec, snakemake.input.manifest)
     run_head_sweep(
         spec,
         snakemake.input.manifest,

@@ -97,3 +97,18 @@ def collect(
         record["corpus"] = corpus_identity(manifest)
     record["runtime"] = runtime(device)
     return record
+
+
+def collect_for_job(run: Mapping[str, Any] | None, spec: Any, manifest: str | Path) -> dict:
+    """:func:`collect` for a model job: the model a ``capture.ModelSpec`` names, the shards'
+    manifest and the device the spec resolves to."""
+    from spectra_attn.capture import resolve_device
+
+    return collect(
+        run,
+        model=spec.name_or_path,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        manifest=manifest,
+        device=resolve_device(spec.device),
+    )
