@@ -196,3 +196,29 @@ def test_a_stale_lock_gets_the_commands_that_continue(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_files_sha256_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """Model jobs record their weights' sha256: read once per file as it is, not once per job."""
+    import hashlib
+
+    from spectra_attn import io
+
+    monkeypatch.setenv(io.HASH_CACHE_ENV, str(tmp_path / "cache"))
+    reads = []
+    original = io.sha256_file
+    monkeypatch.setattr(io, "sha256_file", lambda path: reads.append(path) or original(path))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    expected = hashlib.sha256(b"weights").hexdigest()
+    assert io.sha256_file_remembered(weights) == expected
+    assert io.sha256_file_remembered(weights) == expected
+    assert len(reads) == 1
+    weights.write_bytes(b"other weights")
+    os.utime(weights, ns=(1, 1))  # a new modification time: a new key
+    assert io.sha256_file_remembered(weights) == hashlib.sha256(b"other weights").hexdigest()
+    assert len(reads) == 2
+    for entry in (tmp_path / "cache").iterdir():  # a damaged entry is not trusted
+        entry.write_text("not a digest")
+    assert io.sha256_file_remembered(weights) == hashlib.sha256(b"other weights").hexdigest()
+    assert len(reads) == 3

@@ -30,7 +30,7 @@ Free of torch: preflight reads a model's ``config.json`` with it, before any job
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -70,6 +70,16 @@ class Architecture:
 
 _SEPARATE = "separate q_proj, k_proj, v_proj"
 _INV_SQRT_D = "1/sqrt(head_dim)"
+
+_GEMMA3_TEXT = Architecture(
+    "gemma3_text",
+    "Gemma3Attention",
+    _SEPARATE,
+    ROTATE_HALF,
+    "query_pre_attn_scalar^-1/2",
+    qk_norm="per-head RMSNorm q_norm/k_norm on [batch, heads, T, d]",
+    sliding_window="layers marked sliding_attention (local RoPE base) in layer_types",
+)
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
@@ -147,25 +157,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             softcap=True,
             sliding_window="layers marked sliding_attention in config.layer_types",
         ),
-        Architecture(
-            "gemma3_text",
-            "Gemma3Attention",
-            _SEPARATE,
-            ROTATE_HALF,
-            "query_pre_attn_scalar^-1/2",
-            qk_norm="per-head RMSNorm q_norm/k_norm on [batch, heads, T, d]",
-            sliding_window="layers marked sliding_attention (local RoPE base) in layer_types",
-        ),
-        Architecture(
-            # A multimodal checkpoint (Gemma3ForConditionalGeneration): its text model is read.
-            "gemma3",
-            "Gemma3Attention",
-            _SEPARATE,
-            ROTATE_HALF,
-            "query_pre_attn_scalar^-1/2",
-            qk_norm="per-head RMSNorm q_norm/k_norm on [batch, heads, T, d]",
-            sliding_window="layers marked sliding_attention (local RoPE base) in layer_types",
-        ),
+        _GEMMA3_TEXT,
+        # A multimodal checkpoint (Gemma3ForConditionalGeneration): its text model is read.
+        replace(_GEMMA3_TEXT, model_type="gemma3"),
         Architecture(
             "phi3",
             "Phi3Attention",

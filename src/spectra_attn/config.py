@@ -20,6 +20,17 @@ DEMO_MODEL_PATH = "resources/demo/model"
 DEMO_CORPUS_PATH = "resources/demo/slimpajama"
 
 
+# Keys that only decide how the work is cut (batch and block sizes): they reach the jobs as
+# resources, never as params, change no result, and are left out of what identifies an output
+# (the shard store's digest, the provenance's configuration hash).
+EXECUTION_KEYS = (
+    ("data", "tokenize_batch_size"),
+    ("capture", "batch_size"),
+    ("capture", "query_block_size"),
+    ("intervention", "batch_size"),
+)
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 

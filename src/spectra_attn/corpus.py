@@ -67,26 +67,31 @@ class ReadStats:
     """What the reader saw, for the manifest and the log."""
 
     files: list[str] = field(default_factory=list)
-    bad_records: int = 0
     bad_record_examples: list[str] = field(default_factory=list)
-    good_records: int = 0
     # Records read (good + bad) of every file, and the bad ones of files that have any.
     records_per_file: dict[str, int] = field(default_factory=dict)
     bad_records_per_file: dict[str, int] = field(default_factory=dict)
     # The first few bad records of each file, for its log line and its error.
     _file_examples: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
+    @property
+    def bad_records(self) -> int:
+        return sum(self.bad_records_per_file.values())
+
+    @property
+    def records(self) -> int:
+        """Records read, good and bad."""
+        return sum(self.records_per_file.values())
+
     def start_file(self, path: Path) -> None:
         self.files.append(str(path))
         self.records_per_file[str(path)] = 0
 
     def record_good(self, path: Path) -> None:
-        self.good_records += 1
         self.records_per_file[str(path)] += 1
 
     def record_bad(self, location: str, reason: str, path: Path) -> None:
         example, name = f"{location}: {reason}", str(path)
-        self.bad_records += 1
         if len(self.bad_record_examples) < MAX_LISTED_BAD_RECORDS:
             self.bad_record_examples.append(example)
         self.records_per_file[name] += 1
@@ -121,7 +126,7 @@ class ReadStats:
     def check_total(self, limit: float) -> None:
         """Fail if the malformed records are more than ``limit`` of all records read (this also
         covers a file whose reading stopped early, at data.max_sequences)."""
-        total = self.good_records + self.bad_records
+        total = self.records
         if not self.bad_records:
             return
         logger.warning(

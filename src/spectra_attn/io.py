@@ -107,6 +107,42 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+HASH_CACHE_ENV = "SPECTRA_HASH_CACHE"
+
+
+def hash_cache_dir() -> Path:
+    """Where :func:`sha256_file_remembered` keeps its digests: ``SPECTRA_HASH_CACHE``, else
+    ``$XDG_CACHE_HOME/spectra/sha256`` (``~/.cache/spectra/sha256``)."""
+    if folder := os.environ.get(HASH_CACHE_ENV):
+        return Path(folder)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "spectra" / "sha256"
+
+
+def sha256_file_remembered(path: str | Path) -> str:
+    """:func:`sha256_file`, remembered for the file as it is (its path, size, inode and
+    modification time): every model job records its weights' sha256, and reading a model's
+    16 GB again in each capture part, atlas part, sweep and check would cost more than the
+    metrics. Any change to the file makes a new key; a cache that cannot be written is skipped."""
+    path = Path(path).resolve()
+    status = path.stat()
+    identity = f"{path}\0{status.st_size}\0{status.st_ino}\0{status.st_mtime_ns}"
+    entry = hash_cache_dir() / hashlib.sha256(identity.encode()).hexdigest()
+    try:
+        remembered = entry.read_text().strip()
+    except OSError:
+        remembered = ""
+    if len(remembered) == 64 and all(c in "0123456789abcdef" for c in remembered):
+        return remembered
+    digest = sha256_file(path)
+    try:
+        with atomic_path(entry) as tmp:
+            tmp.write_text(digest)
+    except OSError:
+        pass  # a read-only home: hash again next time
+    return digest
+
+
 def write_csv(frame, path: str | Path) -> None:
     """Write a pandas DataFrame as CSV, atomically, without the pandas index."""
     with atomic_path(path) as tmp:

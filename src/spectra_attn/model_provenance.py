@@ -12,7 +12,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from spectra_attn.provenance import _combined, corpus_identity
+from spectra_attn.provenance import combined_sha256, corpus_identity
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +23,18 @@ def model_identity(
     """A local folder: the sha256 of each of its ``*.safetensors`` files (and of config.json),
     and one ``id`` over them. A hub id: the id, the requested revision and the commit it resolved
     to (from the local cache or the hub, as transformers resolves it); ``id`` is ``hub@commit``."""
-    from spectra_attn.io import sha256_file
+    from spectra_attn.io import sha256_file_remembered
 
     path = Path(name_or_path)
     if path.is_dir():
         files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
-        hashes = {f.name: sha256_file(f) for f in files}
-        return {"source": "local", "path": str(path), "files": hashes, "id": _combined(hashes)}
+        hashes = {f.name: sha256_file_remembered(f) for f in files}
+        return {
+            "source": "local",
+            "path": str(path),
+            "files": hashes,
+            "id": combined_sha256(hashes),
+        }
     resolved = None
     try:
         from transformers import AutoConfig

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spectra_attn.config import EXECUTION_KEYS
+
 logger = logging.getLogger(__name__)
 
 # The Parquet metadata key, the DuckDB table and the JSON key that hold it.
@@ -44,14 +46,6 @@ IDENTITIES = {
 # parts and sweeps rerun with other scales: the full hash (config_sha256) is reported, and its
 # differences noted, but they do not make a folder inconsistent.
 SHARED_SECTIONS = ("data", "model", "capture", "device")
-# Configuration keys that only size batches or memory, and so change no result: left out of the
-# configuration's hash, as the workflow keeps them out of the params that rerun jobs.
-RESOURCE_KEYS = (
-    ("data", "tokenize_batch_size"),
-    ("capture", "batch_size"),
-    ("capture", "query_block_size"),
-    ("intervention", "batch_size"),
-)
 
 
 def _git(basedir: str | Path, *args: str) -> str | None:
@@ -85,9 +79,9 @@ def workflow_identity(basedir: str | Path) -> dict[str, Any]:
 
 def config_sha256(config: Mapping[str, Any]) -> str:
     """sha256 of the resolved configuration as canonical JSON (sorted keys), without
-    :data:`RESOURCE_KEYS`."""
+    the keys that only size batches or memory (:data:`spectra_attn.config.EXECUTION_KEYS`)."""
     config = json.loads(json.dumps(config, default=str))
-    for section, key in RESOURCE_KEYS:
+    for section, key in EXECUTION_KEYS:
         if isinstance(config.get(section), dict):
             config[section].pop(key, None)
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -105,7 +99,7 @@ def run_identity(basedir: str | Path, config: Mapping[str, Any]) -> dict[str, An
     }
 
 
-def _combined(entries: Mapping[str, str]) -> str:
+def combined_sha256(entries: Mapping[str, str]) -> str:
     """One sha256 over (name, sha256) pairs, in name order."""
     digest = hashlib.sha256()
     for name in sorted(entries):
@@ -117,7 +111,11 @@ def corpus_identity(manifest_path: str | Path) -> dict[str, Any]:
     """The shards manifest's files and checksums, and one sha256 over them."""
     manifest = json.loads(Path(manifest_path).read_text())
     shards = {entry["file"]: entry["sha256"] for entry in manifest.get("shards", [])}
-    return {"manifest": Path(manifest_path).name, "shards": shards, "sha256": _combined(shards)}
+    return {
+        "manifest": Path(manifest_path).name,
+        "shards": shards,
+        "sha256": combined_sha256(shards),
+    }
 
 
 # -- storing and reading back ------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from spectra_attn import __version__
-from spectra_attn.config import uses_demo_corpus, uses_demo_model
+from spectra_attn.config import EXECUTION_KEYS, uses_demo_corpus, uses_demo_model
 from spectra_attn.corpus import (
     DEFAULT_MAX_BAD_RECORD_FRACTION,
     CorpusError,
@@ -81,8 +81,10 @@ class ShardSpec:
 
 def shard_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The data keys that define the shards. data.tokenize_batch_size only sets how many
-    documents are tokenized at once, so it is left out: changing it remakes nothing."""
-    return {k: v for k, v in config["data"].items() if k != "tokenize_batch_size"}
+    documents are tokenized at once (an execution key), so it is left out: changing it remakes
+    nothing."""
+    execution = {key for section, key in EXECUTION_KEYS if section == "data"}
+    return {k: v for k, v in config["data"].items() if k not in execution}
 
 
 def tokenizer_settings(config: Mapping[str, Any]) -> dict[str, Any]:
