@@ -12,6 +12,7 @@ import torch
 from spectra_attn.metrics import (
     MASKED_LOGIT,
     METRIC_NAMES,
+    LogitTransform,
     _row_metrics_cpu,
     _row_metrics_torch,
     blocked_metrics,
@@ -458,3 +459,94 @@ def test_cpu_kernel_computes_in_float32_from_bfloat16_inputs(monkeypatch):
         torch.testing.assert_close(
             getattr(fused, name), getattr(composed, name), **tolerance, msg=name
         )
+
+
+def test_the_cpu_kernels_tanh_and_sech2_are_float32_accurate():
+    """tanh and sech² = 1 − tanh² of the soft-cap kernel against float64, on a dense grid through
+    both of its forms (the series below 0.5, exp(−2|y|) above) and into saturation, where sech²
+    keeps its relative precision (1 − tanh² in float32 would be 0)."""
+    from spectra_attn.cpu_kernels import tanh_and_sech2
+
+    grid = np.linspace(-30.0, 30.0, 600001)
+    tiny = np.logspace(-8, 1.5, 2001)
+    y = np.unique(np.concatenate([grid, tiny, -tiny, [0.0]]).astype(np.float32))
+    got = np.array([tanh_and_sech2(value) for value in y], dtype=np.float32)
+    tanh, sech2 = got[:, 0], got[:, 1]
+    yd = y.astype(np.float64)
+    expected = np.tanh(yd)
+    ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+    assert (np.abs(tanh - expected) / ulp).max() < 2.5
+    assert (np.diff(tanh) >= 0).all()  # non-decreasing: the largest a gives the largest z
+    expected_sech2 = 1.0 / np.cosh(yd) ** 2
+    normal = expected_sech2 > np.finfo(np.float32).tiny
+    np.testing.assert_allclose(sech2[normal], expected_sech2[normal], rtol=3e-7, atol=0)
+    assert tanh_and_sech2(np.float32(0.0)) == (0.0, 1.0)
+    assert tanh_and_sech2(np.float32(MASKED_LOGIT)) == (-1.0, 0.0)
+
+
+def _capped_reference(q, k, scaling, softcap, window, threshold):
+    """Float64 metrics of softmax(c·tanh(scaling·q·kᵀ/c) + causal (window) mask), with the gains
+    through the cap (g = a·sech²(a/c)), computed independently of the package: one full
+    [rows, T] matrix per head, numpy's tanh, a sort for k_eff."""
+    a = scaling * np.einsum("...qd,...kd->...qk", q.astype(np.float64), k.astype(np.float64))
+    length = a.shape[-1]
+    query_pos, key_pos = np.arange(length)[:, None], np.arange(length)[None, :]
+    visible = key_pos <= query_pos
+    if window is not None:
+        visible &= key_pos > query_pos - window
+    z = softcap * np.tanh(a / softcap)
+    g = a / np.cosh(a / softcap) ** 2
+    p = np.where(visible, np.exp(np.where(visible, z, -np.inf) - z.max(-1, keepdims=True)), 0.0)
+    p /= p.sum(-1, keepdims=True)
+    top = np.argmax(np.where(visible, z, -np.inf), axis=-1)[..., None]
+    mean_z, mean_g = (p * z).sum(-1), (p * g).sum(-1)
+    logp = np.log(np.where(p > 0, p, 1.0))
+    cumulative = np.cumsum(-np.sort(-p, axis=-1), axis=-1)
+    return {
+        "entropy": -(p * logp).sum(-1),
+        "max_attn": p.max(-1),
+        "sink_attn": p[..., 0],
+        "gain_max_attn": p.max(-1) * (np.take_along_axis(g, top, -1)[..., 0] - mean_g),
+        "gain_entropy": -((p * z * g).sum(-1) - mean_z * mean_g),
+        "k_eff": (cumulative < threshold - 1e-6).sum(-1) + 1,
+        "near_threshold": np.abs(cumulative - threshold).min(-1) < 1e-6,
+    }
+
+
+@pytest.mark.parametrize("window", [None, 7, 40])
+def test_fused_cpu_kernel_applies_the_soft_cap_as_float64_does(window, monkeypatch):
+    """Soft-capped logits (Gemma-2: z = c·tanh(a/c), then the mask) inside the fused CPU kernel,
+    on grouped-query heads with and without a sliding window, against a float64 reference; the
+    heads' scales go from a cap that hardly bends the logits to one that saturates most of them
+    (|a/c| up to ~85, where 1 − tanh² in float32 would be 0). The blocked torch path is never
+    taken on the CPU (it raises here)."""
+    from spectra_attn import metrics
+
+    def blocked(*args):
+        raise AssertionError("soft-capped logits took the blocked torch path")
+
+    monkeypatch.setattr(metrics, "_transformed_metrics", blocked)
+    length, dim, softcap = 70, 16, 2.0
+    generator = np.random.default_rng(7)
+    head_scale = np.array([0.3, 1.0, 4.0, 20.0])[None, None, :, None, None]  # [1, kv, groups, ...]
+    q = (generator.normal(size=(2, 2, 4, length, dim)) * head_scale).astype(np.float32)
+    k = (generator.normal(size=(2, 2, 1, length, dim)) * 2.0).astype(np.float32)
+    got = blocked_metrics(
+        torch.from_numpy(q), torch.from_numpy(k), 0.25, 0.9, 32, window, LogitTransform(softcap)
+    )
+    expected = _capped_reference(q, k, 0.25, softcap, window, 0.9)
+    saturated = np.abs(0.25 * np.einsum("...qd,...kd->...qk", q, k)) > 9 * softcap
+    assert saturated[..., 3, :, :].mean() > 0.5  # the last head's rows are mostly saturated
+    for name in ("entropy", "max_attn", "sink_attn"):
+        np.testing.assert_allclose(
+            getattr(got, name).numpy(), expected[name], rtol=1e-5, atol=2e-6, err_msg=name
+        )
+    if window is not None:  # rows past the window do not see key 0: no sink
+        assert (got.sink_attn.numpy()[..., window:] == 0.0).all()
+    for name in ("gain_max_attn", "gain_entropy"):
+        np.testing.assert_allclose(
+            getattr(got, name).numpy(), expected[name], rtol=1e-4, atol=2e-6, err_msg=name
+        )
+    near = expected["near_threshold"]
+    assert near.mean() < 0.1
+    np.testing.assert_array_equal(got.k_eff.numpy()[~near], expected["k_eff"][~near])

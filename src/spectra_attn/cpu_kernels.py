@@ -5,6 +5,9 @@
 micro-kernel (:func:`_logits_tile`), then the metrics of each row while its logits are still in the
 cache; no logit goes to memory, and the future keys are not computed beyond the tile's last vector.
 :func:`row_metrics` takes logits already computed (the intervention's and the atlas' path).
+A model's soft-cap (Gemma-2: z = c·tanh(a/c)) is applied inside :func:`attention_metrics` too, in
+the pass that computes e (:func:`_row`), with the gains of the capped logits; only an ALiBi bias
+still needs the logits in memory (:func:`spectra_attn.metrics.blocked_metrics`).
 
 Per row (:func:`_row`): the visible keys are copied to a per-thread buffer padded to whole vectors,
 the largest logit found on the way; one pass writes e = exp(z − z_max) with the sums Σe, Σe·d and
@@ -82,6 +85,15 @@ _EXP_POLY = tuple(
 _HALF = np.float32(0.5)
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
+_TWO = np.float32(2.0)
+_FOUR = np.float32(4.0)
+# tanh's odd Taylor series, y + y³·(T3 + y²·(T5 + …)), for |y| < _TANH_NEAR, where the form from
+# exp(−2|y|) would lose digits to the cancellation in 1 − exp(−2|y|); the first term left out,
+# 929569/638512875·y¹⁵, is below 2e-8 of tanh y there.
+_TANH_SERIES = tuple(
+    np.float32(c) for c in (-1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925, 21844 / 6081075)
+)
+_TANH_NEAR = np.float32(0.5)
 _NO_UPPER = np.int32(0x7F800001)  # above +inf's bits: an upper bound that excludes nothing
 _PEELS = 8  # values peeled one at a time before sorting what is left
 _MAX_ROUNDS = 48
@@ -273,6 +285,27 @@ def exp_nonpositive(x):
 
 
 @numba.njit(fastmath=_FAST, inline="always")
+def tanh_and_sech2(y):
+    """(tanh y, sech² y = 1 − tanh² y) in float32, without a call to the C library (so the loops
+    that use it stay vectorized): with e = exp(−2|y|), tanh |y| = (1 − e)/(1 + e) and
+    sech² y = 4e/(1 + e)², which keeps its relative precision where tanh saturates (1 − tanh²
+    would be 0 from |y| ≈ 9 on, and lose digits well before); for |y| < ``_TANH_NEAR``, tanh
+    from its Taylor series and sech² as 1 − tanh². Within 2.5 ulp of float64 (tanh) and 3e-7
+    relative (sech²), and non-decreasing, on a dense grid of [−20, 20] (tested)."""
+    magnitude = abs(y)
+    e = exp_nonpositive(-_TWO * magnitude)
+    r = _ONE / (_ONE + e)
+    t_far = (_ONE - e) * r
+    s_far = _FOUR * e * r * r
+    y2 = y * y
+    c3, c5, c7, c9, c11, c13 = _TANH_SERIES
+    t_near = y + y * y2 * (c3 + y2 * (c5 + y2 * (c7 + y2 * (c9 + y2 * (c11 + y2 * c13)))))
+    if magnitude < _TANH_NEAR:
+        return t_near, _ONE - t_near * t_near
+    return (t_far if y >= _ZERO else -t_far), s_far
+
+
+@numba.njit(fastmath=_FAST, inline="always")
 def _count_if(count, condition):
     """``count + condition`` kept in int32: Numba widens int32 + int32 to int64, and an int64
     counter has half the vector lanes, so the counting passes would cost twice as much."""
@@ -444,7 +477,7 @@ def keys_for_mass(e, mass, scratch, max_rounds, guess, spread, band):
 
 
 @numba.njit(fastmath=_FAST, inline="always")
-def _row(row, buffer, scratch, band, mass, quantile):
+def _row(row, buffer, scratch, band, mass, quantile, softcap):
     """The metrics of one row of logits (its visible keys only), using ``buffer`` and ``scratch``
     (each at least ``_PAD`` longer than the row): (entropy, max_attn, p of the row's
     first key, gain_max_attn, gain_entropy, k_eff).
@@ -458,6 +491,13 @@ def _row(row, buffer, scratch, band, mass, quantile):
     from the moments: were d normal under p, the mass τ would lie above
     d* = E_p[d] + σ_p · Φ⁻¹(1 − τ) (``quantile`` is Φ⁻¹(1 − τ), NaN for no guess). Near-uniform
     rows, whose k_eff costs most to find, come close to that; peaked ones need a few more rounds.
+
+    ``softcap`` c > 0 (float32): ``row`` holds the scaled logits a, and the model's logits are
+    z = c·tanh(a/c) (Gemma-2's soft-cap, before the mask). tanh is increasing, so the largest a
+    gives z_max; the same pass computes z, and g = dz/d ln s = a·sech²(a/c) (the derivative at
+    s = 1 of c·tanh(s·a/c)) with the float32 sums Σe·g and Σe·d·g, for the gains' general forms
+    p_max·(g_max − E_p[g]) and −Cov_p(z, g) (:mod:`spectra_attn.metrics`). d is clamped to ≤ 0,
+    so that a rounding of tanh cannot lift a key above the largest one.
     """
     n = row.shape[0]
     padded = (n + _PAD - 1) // _PAD * _PAD
@@ -475,26 +515,56 @@ def _row(row, buffer, scratch, band, mass, quantile):
     sum_e = _ZERO
     s1 = _ZERO
     s2 = _ZERO
-    for j in range(padded):
-        d = max(work[j] - z_max, _DMIN)
-        value = exp_nonpositive(d)
-        work[j] = value
-        weighted = value * d
-        sum_e += value
-        s1 += weighted
-        s2 += weighted * d
+    sg = _ZERO
+    sdg = _ZERO
+    g_max = _ZERO
+    if softcap > _ZERO:
+        a_max = z_max
+        t_max, sech2_max = tanh_and_sech2(a_max / softcap)
+        z_max = softcap * t_max
+        g_max = a_max * sech2_max
+        for j in range(padded):
+            a = work[j]
+            t, sech2 = tanh_and_sech2(a / softcap)
+            visible = a > _DMIN  # the padding
+            d = min(softcap * t - z_max, _ZERO) if visible else _DMIN
+            g = a * sech2 if visible else _ZERO
+            value = exp_nonpositive(d)
+            work[j] = value
+            weighted = value * d
+            sum_e += value
+            s1 += weighted
+            s2 += weighted * d
+            sg += value * g
+            sdg += weighted * g
+    else:
+        for j in range(padded):
+            d = max(work[j] - z_max, _DMIN)
+            value = exp_nonpositive(d)
+            work[j] = value
+            weighted = value * d
+            sum_e += value
+            s1 += weighted
+            s2 += weighted * d
     mean_d = np.float64(s1) / np.float64(sum_e)
     variance = max(np.float64(s2) / np.float64(sum_e) - mean_d * mean_d, 0.0)
     spread = math.sqrt(variance)
     guess = math.exp(mean_d + spread * quantile) if math.isfinite(quantile) else 0.0
     count, total = keys_for_mass(work, mass, scratch, _MAX_ROUNDS, guess, spread, band)
     p_max = 1.0 / total  # the largest e is exp(0) = 1 exactly
+    if softcap > _ZERO:
+        mean_g = np.float64(sg) / np.float64(sum_e)
+        gain_max = p_max * (np.float64(g_max) - mean_g)
+        gain_entropy = -(np.float64(sdg) / np.float64(sum_e) - mean_d * mean_g)
+    else:  # g = z: p_max·(z_max − E_p[z]) and −Var_p(z)
+        gain_max = p_max * -mean_d
+        gain_entropy = -variance
     return (
         -math.log(p_max) - mean_d,
         p_max,
         work[0] / total,
-        p_max * -mean_d,
-        -variance,
+        gain_max,
+        gain_entropy,
         max(count, 1),
     )
 
@@ -524,7 +594,7 @@ def row_metrics(z, mass, quantile, entropy, max_attn, k_eff, sink, gain_max, gai
         scratch = np.empty(keys + _PAD, np.float32)
         band = np.empty(keys + _PAD + LANES if COMPACT_BAND else 0, np.float32)
         for r in range(task, rows, tasks):
-            metrics = _row(z[r], e, scratch, band, mass, quantile)
+            metrics = _row(z[r], e, scratch, band, mass, quantile, _ZERO)
             _store(entropy, max_attn, k_eff, sink, gain_max, gain_ent, 0, r, metrics, True)
 
 
@@ -535,6 +605,7 @@ def attention_metrics(
     length,
     groups,
     window,
+    softcap,
     mass,
     quantile,
     entropy,
@@ -552,9 +623,12 @@ def attention_metrics(
     ``query``: ``[A, ≥ T rounded up to TILE_ROWS, d]``, already scaled; ``key_t``: the keys
     transposed, ``[A / groups, d, ≥ T + LANES]`` (query head a reads key head a div ``groups``);
     padding rows and columns must be finite (zeros). Row i sees keys ``lo … i`` (lo = 0, or the
-    first key inside a ``window`` > 0). Outputs ``[A, T]``. ``mass``, ``quantile``, ``tasks`` as in
+    first key inside a ``window`` > 0). ``softcap`` c > 0: the metrics of softmax(c·tanh(q kᵀ/c))
+    (Gemma-2's cap of the scaled logits, then the mask) with the gains of the capped logits
+    (:func:`_row`); 0: no cap. Outputs ``[A, T]``. ``mass``, ``quantile``, ``tasks`` as in
     :func:`row_metrics`.
     """
+    cap = np.float32(softcap)  # float32, so that no pass over a row widens to float64
     heads, _, dim = query.shape
     tiles_per_head = (length + TILE_ROWS - 1) // TILE_ROWS
     tiles = heads * tiles_per_head
@@ -577,5 +651,5 @@ def attention_metrics(
             for i in range(first, last):
                 hi = i + 1
                 lo = max(0, hi - window) if window > 0 else 0
-                metrics = _row(z[i - first, lo:hi], e, scratch, band, mass, quantile)
+                metrics = _row(z[i - first, lo:hi], e, scratch, band, mass, quantile, cap)
                 _store(entropy, max_attn, k_eff, sink, gain_max, gain_ent, a, i, metrics, lo == 0)

@@ -269,20 +269,27 @@ def blocked_metrics(
     """Row metrics of causal attention softmax(scaling · q kᵀ), by blocks of ``block_size``
     queries, so memory is ``[..., block_size, T]`` rather than ``[..., T, T]``. With a
     ``transform`` (soft-cap, ALiBi), of softmax(transform(scaling · q kᵀ)), with the gains of the
-    transformed logits; these always take the blocked path (the CPU kernel computes plain logits).
+    transformed logits.
 
     ``query``: ``[..., T, d]``; ``key``: ``[..., T, d]``, already repeated for grouped-query heads
     or broadcastable to the query's leading shape. On the CPU there are no blocks: one kernel
-    computes the logits of a few rows at a time (their visible keys only) and their metrics while
-    the logits are in the cache, so nothing of size [rows, T] is held beyond the inputs.
+    computes the logits of a few rows at a time (their visible keys only), soft-capped if the
+    model caps them, and their metrics while the logits are in the cache, so nothing of size
+    [rows, T] is held beyond the inputs. An ALiBi bias takes the blocked path on the CPU too:
+    the model hands it over as a float mask ``[B, heads, T, T]`` of any values, which the kernel
+    would have to read in full (a pass through memory per row, what the kernel exists to avoid)
+    or rebuild from slopes that the model does not pass.
     """
     length = query.shape[-2]
-    if transform is not None and not transform.is_identity:
+    transform = transform or LogitTransform()
+    if query.device.type == "cpu" and CPU_KERNEL and transform.bias is None:
+        return _attention_metrics_cpu(
+            query, key, scaling, k_eff_threshold, sliding_window, transform.softcap
+        )
+    if not transform.is_identity:
         return _transformed_metrics(
             query, key, scaling, k_eff_threshold, block_size, sliding_window, transform
         )
-    if query.device.type == "cpu" and CPU_KERNEL:
-        return _attention_metrics_cpu(query, key, scaling, k_eff_threshold, sliding_window)
     # Last block first: the buffers only shrink from one block to the next, so the allocator
     # reuses the first (largest) ones instead of fragmenting the heap with ever larger requests.
     parts: list[RowMetrics] = []
@@ -329,8 +336,10 @@ def _attention_metrics_cpu(
     scaling: float,
     k_eff_threshold: float,
     sliding_window: int | None,
+    softcap: float | None = None,
 ) -> RowMetrics:
-    """The CPU kernel that computes the logits itself (:func:`cpu_kernels.attention_metrics`)."""
+    """The CPU kernel that computes the logits itself (:func:`cpu_kernels.attention_metrics`),
+    soft-capped with ``softcap`` where given."""
     from spectra_attn import cpu_kernels
 
     lead, (length, dim) = query.shape[:-2], query.shape[-2:]
@@ -359,6 +368,7 @@ def _attention_metrics_cpu(
             length,
             groups,
             sliding_window or 0,
+            softcap or 0.0,
         ),
         queries.shape[0],
         length,
