@@ -6,7 +6,8 @@
 Data: 4 capture parts of 16 samples (Parquet, zstd, the capture's schema; entropy null at the
 first 2 positions), and the same rows as the seed's CSV. Each measurement runs in a fresh
 subprocess; peak memory is that process's maximum resident set size.
-  * ``duckdb``: spectra_attn.aggregate — partial_aggregate of each part (the map jobs, run one
+  * ``duckdb``: spectra_attn.analysis.aggregate — partial_aggregate of each part (the map jobs, run
+  one
     after the other here), then reduce_aggregates (merge, quantiles, Spearman ρ, exports);
   * ``pandas``: the seed's way — pandas.read_csv of the CSV, then per-(layer, head) mean, std,
     quantiles, Pearson and Spearman correlation with groupby.
@@ -75,7 +76,7 @@ def generate(work: Path) -> None:
 
 
 def run_duckdb(work: Path) -> None:
-    from spectra_attn.aggregate import partial_aggregate, reduce_aggregates
+    from spectra_attn.analysis.aggregate import partial_aggregate, reduce_aggregates
 
     parts = [str(work / f"part_{i:04d}.parquet") for i in range(PARTS)]
     partials = [str(work / "partials" / f"part_{i:04d}") for i in range(PARTS)]

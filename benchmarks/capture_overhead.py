@@ -48,7 +48,7 @@ import spectra_attn  # noqa: F401
 import numpy as np
 import torch
 
-import spectra_attn.metrics as metrics
+import spectra_attn.model.metrics as metrics
 
 BENCH = dict(
     hidden_size=256,
@@ -178,7 +178,7 @@ def seed_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> No
 
 
 def overhead(args) -> None:
-    from spectra_attn.capture import (
+    from spectra_attn.model.capture import (
         CaptureSettings,
         capture_to_parquet,
         use_capture_attention,
@@ -292,7 +292,7 @@ def overhead(args) -> None:
 
 def one_length(args) -> None:
     """Child process: one sample of args.length tokens, plain forward or capture."""
-    from spectra_attn.capture import (
+    from spectra_attn.model.capture import (
         CaptureSettings,
         capture_to_parquet,
         use_capture_attention,
@@ -304,7 +304,7 @@ def one_length(args) -> None:
     tokens = np.random.default_rng(0).integers(1, 4096, size=(1, args.length), dtype=np.int32)
     if args.mode == "capture":
         # Load the CPU kernels (Numba, from its cache) first: a fixed cost, not one of T.
-        from spectra_attn.metrics import row_metrics
+        from spectra_attn.model.metrics import row_metrics
 
         row_metrics(torch.zeros(2, 16))
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

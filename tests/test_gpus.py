@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from spectra_attn import gpus
+from spectra_attn.run import gpus
 
 HOLDER = textwrap.dedent(
     """
     import json, os, sys, time
-    from spectra_attn import gpus
+    from spectra_attn.run import gpus
     count, hold_s, record = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
     ids = gpus.claim(count, poll_s=0.02)
     start = time.time()
@@ -128,7 +128,7 @@ SNAKEFILE = textwrap.dedent(
 JOB = textwrap.dedent(
     """
     import json, os, time
-    from spectra_attn.workflow import claim_job_gpus, setup_logging
+    from spectra_attn.run.workflow import claim_job_gpus, setup_logging
     setup_logging(snakemake.log[0])
     claim_job_gpus(snakemake)
     start = time.time()

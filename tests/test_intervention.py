@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
-from spectra_attn.checks import (
+from spectra_attn.model.capture import CaptureSettings, capture_batch, use_capture_attention
+from spectra_attn.model.checks import (
     CheckFailed,
     baseline_sanity,
     isolation,
     require,
     temperature_identity,
 )
-from spectra_attn.intervention import (
+from spectra_attn.model.intervention import (
     HeadSpec,
     QueryScaler,
     check_heads,

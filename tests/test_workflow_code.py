@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spectra_attn.workflow import PACKAGE_DIR, package_modules
+from spectra_attn.run.workflow import PACKAGE_DIR, package_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,4 +47,12 @@ def names_of(script: Path) -> set[str]:
 def test_every_module_found_exists_in_the_package():
     for script in (ROOT / "workflow_scripts").glob("*.py"):
         for path in package_modules(script):
-            assert path.parent == PACKAGE_DIR and path.is_file()
+            assert PACKAGE_DIR in path.parents and path.is_file()
+
+
+def test_a_module_in_a_subpackage_brings_its_package_init(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("from spectra_attn.model.metrics import row_metrics\n")
+    found = {str(path.relative_to(PACKAGE_DIR)) for path in package_modules(script)}
+    assert {"__init__.py", "model/__init__.py", "model/metrics.py", "model/cpu_kernels.py"} <= found
+    assert not any(name.startswith("analysis/") for name in found)

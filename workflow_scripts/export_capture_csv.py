@@ -1,6 +1,6 @@
 """Snakemake adapter: the capture parts as one CSV in the seed's format, for old scripts."""
 
-from spectra_attn.capture_csv import export_seed_csv
+from spectra_attn.analysis.capture_csv import export_seed_csv
 
 
 def main(snakemake) -> None:
@@ -8,7 +8,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -74,7 +74,7 @@ def _provenance(args: argparse.Namespace) -> int:
 
 
 def _shards_inspect(args: argparse.Namespace) -> int:
-    from spectra_attn.shard_report import inspect_shards
+    from spectra_attn.data.shard_report import inspect_shards
 
     print(inspect_shards(args.path, tokenizer=args.tokenizer, top=args.top))
     return 0
@@ -89,7 +89,7 @@ def _find_manifest(shards: Path) -> Path:
 
 
 def _model_spec(args: argparse.Namespace):
-    from spectra_attn.capture import ModelSpec
+    from spectra_attn.model.capture import ModelSpec
 
     return ModelSpec(
         args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
@@ -100,10 +100,10 @@ def _capture(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from spectra_attn.capture import CaptureSettings, run_capture
-    from spectra_attn.capture_csv import export_seed_csv
+    from spectra_attn.analysis.capture_csv import export_seed_csv
+    from spectra_attn.data.samples import sample_table
     from spectra_attn.io import write_parquet
-    from spectra_attn.samples import sample_table
+    from spectra_attn.model.capture import CaptureSettings, run_capture
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     manifest = _find_manifest(Path(args.shards))
@@ -135,10 +135,10 @@ def _capture(args: argparse.Namespace) -> int:
 def _intervene(args: argparse.Namespace) -> int:
     import logging
 
-    from spectra_attn.capture import CaptureSettings
-    from spectra_attn.checks import run_check
     from spectra_attn.gates import CHECKS
-    from spectra_attn.intervention import HeadSpec, run_head_sweep
+    from spectra_attn.model.capture import CaptureSettings
+    from spectra_attn.model.checks import run_check
+    from spectra_attn.model.intervention import HeadSpec, run_head_sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if len(args.scales) < 2:
@@ -186,7 +186,7 @@ def _intervene(args: argparse.Namespace) -> int:
 def _sagemaker_run(args: argparse.Namespace) -> int:
     import logging
 
-    from spectra_attn.run_state import RemoteState, run_workflow, s3_client, snakemake_command
+    from spectra_attn.run.run_state import RemoteState, run_workflow, s3_client, snakemake_command
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     state = RemoteState(s3_client(), args.prefix, args.directory, args.sources)
@@ -205,7 +205,7 @@ def _sagemaker_launch(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
 
-    from spectra_attn.sagemaker import default_job_name, launch, training_job_request
+    from spectra_attn.run.sagemaker import default_job_name, launch, training_job_request
 
     region = args.region
     if region is None:

@@ -285,7 +285,7 @@ def _architecture_line(config: Mapping[str, Any]) -> str:
     hub model's is read by its job)."""
     import json
 
-    from spectra_attn.architectures import UnsupportedModelError, pre_rope_meaning
+    from spectra_attn.model.architectures import UnsupportedModelError, pre_rope_meaning
 
     if uses_demo_model(config):
         shape: dict[str, Any] = {"model_type": "llama"}

@@ -7,7 +7,7 @@ were removed) is caught here instead.
 
 Files are read (a model's ``config.json``, a corpus folder's names, the shards' manifest), no
 torch. A hub id is asked of the local hub cache or, failing that, of the hub in one short
-request (``spectra_attn.hub``); nothing is downloaded.
+request (``spectra_attn.run.hub``); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spectra_attn import hub
-from spectra_attn.architectures import UnsupportedModelError, raw_shape
 from spectra_attn.config import sample_counts, uses_demo_corpus, uses_demo_model
-from spectra_attn.corpus import CorpusError, find_split_files, hub_cache_dir, is_hub_id
-from spectra_attn.demo_corpus import SPLITS as DEMO_SPLITS
-from spectra_attn.shards import store_dir
+from spectra_attn.data.corpus import CorpusError, find_split_files, hub_cache_dir, is_hub_id
+from spectra_attn.data.shards import store_dir
+from spectra_attn.demo.corpus import SPLITS as DEMO_SPLITS
+from spectra_attn.model.architectures import UnsupportedModelError, raw_shape
+from spectra_attn.run import hub
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 # (repo id, "model" or "dataset", revision, config key) → why it cannot be used, or None.
@@ -71,7 +71,7 @@ def _model_shape(
     """The model's config.json (or the demo's settings), or None when it cannot be read here."""
     name = config["model"]["name_or_path"]
     if uses_demo_model(config):
-        from spectra_attn.demo_model import check_demo_settings
+        from spectra_attn.demo.model import check_demo_settings
 
         try:
             check_demo_settings(config["demo"])

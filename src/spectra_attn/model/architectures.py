@@ -1,7 +1,7 @@
 """The decoder architectures Spectra reads: one table, one row per transformers ``model_type``.
 
 Capture and the intervention work inside the attention function the model calls through
-transformers' ``AttentionInterface`` (:mod:`spectra_attn.capture`). There every architecture
+transformers' ``AttentionInterface`` (:mod:`spectra_attn.model.capture`). There every architecture
 hands over the same things: the post-RoPE query ``[B, heads, T, d]``, the un-repeated keys and
 values, the mask, and as keywords the logit scale it really uses (``scaling``), its sliding window
 and its soft-cap. What differs between families, and what this table says, is

@@ -1,7 +1,7 @@
 """The seed's CSV of capture's rows, for scripts written against the original project.
 
-Kept apart from :mod:`spectra_attn.capture` so that exporting needs only pyarrow (the rule runs in
-the data environment, without torch or numba).
+Kept apart from :mod:`spectra_attn.model.capture` so that exporting needs only pyarrow (the rule
+runs in the data environment, without torch or numba).
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ METRIC_NAMES = ("entropy", "max_attn", "k_eff", "sink_attn", "gain_max_attn", "g
 # Masked logits get this finite value rather than −inf: softmax gives them exactly 0, and
 # 0 · MASKED_LOGIT stays 0 where 0 · (−inf) would be NaN, so E_p[z] and E_p[z²] need no where().
 MASKED_LOGIT = -1e15
-# On the CPU, the metrics come from the Numba kernel (spectra_attn.cpu_kernels); False runs the
-# torch composition there too (what a GPU runs), for comparisons in benchmarks.
+# On the CPU, the metrics come from the Numba kernel (spectra_attn.model.cpu_kernels); False runs
+# the torch composition there too (what a GPU runs), for comparisons in benchmarks.
 CPU_KERNEL = True
 
 
@@ -61,7 +61,7 @@ def row_metrics(logits: torch.Tensor, k_eff_threshold: float = 0.9) -> RowMetric
     """Metrics of each row of ``logits`` (``[..., keys]``, key 0 first), in float32.
 
     Masked keys hold −inf or :data:`MASKED_LOGIT`; every row needs at least one visible key.
-    On the CPU they run as one Numba kernel (:mod:`spectra_attn.cpu_kernels`); elsewhere as
+    On the CPU they run as one Numba kernel (:mod:`spectra_attn.model.cpu_kernels`); elsewhere as
     torch operations. Both give the same metrics (tested against each other and against
     independent references).
     """
@@ -88,7 +88,7 @@ def _row_metrics_torch(logits: torch.Tensor, k_eff_threshold: float) -> RowMetri
 
 
 def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics:
-    from spectra_attn import cpu_kernels
+    from spectra_attn.model import cpu_kernels
 
     z = logits.detach().float().contiguous()
     shape, keys = z.shape[:-1], z.shape[-1]
@@ -105,7 +105,7 @@ def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics
 def _run_cpu_kernel(
     kernel, inputs: tuple, heads: int, length: int, k_eff_threshold: float
 ) -> dict[str, np.ndarray]:
-    """Run one of :mod:`spectra_attn.cpu_kernels`' kernels (``kernel(*inputs, mass, quantile,
+    """Run one of :mod:`spectra_attn.model.cpu_kernels`' kernels (``kernel(*inputs, mass, quantile,
     *outputs, tasks)``) on torch's threads; returns its ``[heads, length]`` outputs by name."""
     out = {
         name: np.empty((heads, length), np.int32 if name == "k_eff" else np.float32)
@@ -331,7 +331,7 @@ def _attention_metrics_cpu(
     sliding_window: int | None,
 ) -> RowMetrics:
     """The CPU kernel that computes the logits itself (:func:`cpu_kernels.attention_metrics`)."""
-    from spectra_attn import cpu_kernels
+    from spectra_attn.model import cpu_kernels
 
     lead, (length, dim) = query.shape[:-2], query.shape[-2:]
     if _shares_keys(query, key):

@@ -26,7 +26,7 @@ import numpy as np
 
 from spectra_attn import __version__
 from spectra_attn.config import EXECUTION_KEYS, uses_demo_corpus, uses_demo_model
-from spectra_attn.corpus import (
+from spectra_attn.data.corpus import (
     DEFAULT_MAX_BAD_RECORD_FRACTION,
     CorpusError,
     Document,

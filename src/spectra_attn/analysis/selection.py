@@ -12,10 +12,11 @@ def head_correlations(parts: list[str]) -> pd.DataFrame:
     """Spearman ρ(query_norm, entropy) and the token count per (layer, head), from capture parts.
 
     Ranks are taken within each head (average ranks for ties), then Pearson's r of the ranks: the
-    aggregate's ``spearman_qn_entropy`` (:func:`spectra_attn.aggregate.spearman`), computed by
-    DuckDB out of core, so the capture never has to fit in memory and the two always agree.
+    aggregate's ``spearman_qn_entropy`` (:func:`spectra_attn.analysis.aggregate.spearman`),
+    computed by DuckDB out of core, so the capture never has to fit in memory and the two always
+    agree.
     """
-    from spectra_attn.aggregate import connect, spearman
+    from spectra_attn.analysis.aggregate import connect, spearman
 
     con = connect()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spectra_attn.shards import load_shard, read_manifest
+from spectra_attn.data.shards import load_shard, read_manifest
 
 
 def find_shards(path: str | Path) -> list[Path]:
@@ -89,7 +89,7 @@ def describe_bad_records(manifest: dict, examples: int = 5) -> str:
 
 def _loadable(name: str) -> bool:
     """A tokenizer folder that exists from here, or a name that can only be a hub id."""
-    from spectra_attn.corpus import is_hub_id
+    from spectra_attn.data.corpus import is_hub_id
 
     return Path(name).is_dir() or is_hub_id(name)
 

@@ -182,7 +182,7 @@ def verdict(
     return result
 
 
-# -- the gain atlas (spectra_attn.atlas writes its parts) ----------------------------------------
+# -- the gain atlas (spectra_attn.model.atlas writes its parts) ------------------------------------
 def atlas_gains(parts: list[str]) -> pd.DataFrame:
     """OLS gain of each metric against ln(scale) for every (layer, head), over per-scale means
     across all samples, and each head's percentile of max_attn gain among all heads."""

@@ -763,7 +763,7 @@ def report_figures(
 ) -> None:
     """Every figure of the report. ``out`` maps each name of :data:`REPORT_FIGURES` to its PNG
     (the SVG is written beside it) and each of :data:`REPORT_FOLDERS` to a folder (the verdict
-    page is :mod:`spectra_attn.verdict`'s). ``verdict`` (verdict.json) titles the gain
+    page is :mod:`spectra_attn.analysis.verdict`'s). ``verdict`` (verdict.json) titles the gain
     comparison. The intervened heads (from ``sweep``) are outlined in the heatmaps."""
     missing = sorted({*REPORT_FIGURES, *REPORT_FOLDERS} - set(out))
     if missing:

@@ -107,7 +107,7 @@ def collect(
 def collect_for_job(run: Mapping[str, Any] | None, spec: Any, manifest: str | Path) -> dict:
     """:func:`collect` for a model job: the model a ``capture.ModelSpec`` names, the shards'
     manifest and the device the spec resolves to."""
-    from spectra_attn.capture import resolve_device
+    from spectra_attn.model.capture import resolve_device
 
     return collect(
         run,

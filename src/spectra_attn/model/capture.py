@@ -1,14 +1,14 @@
 """Capture: one forward pass per batch records, for every layer, head and token, the query norm and
-the attention metrics of :mod:`spectra_attn.metrics`.
+the attention metrics of :mod:`spectra_attn.model.metrics`.
 
 Everything happens in a registered attention function (transformers' ``AttentionInterface``),
-which every architecture of :mod:`spectra_attn.architectures` calls with its post-RoPE query
+which every architecture of :mod:`spectra_attn.model.architectures` calls with its post-RoPE query
 ``[B, heads, T, d]``, its un-repeated keys, its mask and the logit scale, sliding window and
 soft-cap it really uses. (TransformerLens would call the two kinds ``hook_rot_q``/``hook_q``.)
 
 * ``rope="post"``: the metrics of softmax(transform(scaling·q kᵀ) + causal mask), the attention
   the model computes itself: ``transform`` is the model's soft-cap (Gemma-2) and the ALiBi bias it
-  adds to its float mask (Falcon); see :class:`~spectra_attn.metrics.LogitTransform`.
+  adds to its float mask (Falcon); see :class:`~spectra_attn.model.metrics.LogitTransform`.
 * ``rope="pre"``: the same, from the query and keys with the rotation undone on the rotary
   dimensions (with the (cos, sin) the attention module received): the vectors after any q/k norm,
   before RoPE, whatever the projection layout. A model without RoPE (GPT-2, ALiBi Falcon) has
@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectra_attn.architectures import (
+from spectra_attn.columns import SEED_CSV_COLUMNS
+from spectra_attn.model.architectures import (
     INTERLEAVED,
     NO_ROPE,
     UnsupportedModelError,
@@ -47,8 +48,7 @@ from spectra_attn.architectures import (
     summary,
     text_config,
 )
-from spectra_attn.columns import SEED_CSV_COLUMNS
-from spectra_attn.metrics import METRIC_NAMES, LogitTransform, blocked_metrics, causal_logits
+from spectra_attn.model.metrics import METRIC_NAMES, LogitTransform, blocked_metrics, causal_logits
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class ModelSpec:
     def config(self):
         from transformers import AutoConfig
 
-        from spectra_attn.corpus import is_hub_id
+        from spectra_attn.data.corpus import is_hub_id
 
         if not Path(self.name_or_path).exists() and not is_hub_id(self.name_or_path):
             raise FileNotFoundError(
@@ -658,12 +658,12 @@ def capture_to_parquet(
     so on a GPU the CPU-bound columns and compression overlap the forward passes (at most one
     batch waits to be written). A batch's row groups (whole samples, at least
     :data:`ROW_GROUP_ROWS` rows each unless the batch has fewer) are built and encoded on
-    ``writer_threads`` threads at once (:mod:`spectra_attn.parquet_parts`); the file's bytes do
-    not depend on how many."""
+    ``writer_threads`` threads at once (:mod:`spectra_attn.model.parquet_parts`); the file's bytes
+    do not depend on how many."""
     from tqdm import tqdm
 
     from spectra_attn.io import atomic_path
-    from spectra_attn.parquet_parts import PartsWriter
+    from spectra_attn.model.parquet_parts import PartsWriter
 
     schema = parquet_schema(metadata)
 
@@ -700,7 +700,7 @@ def check_tokenizer(spec: ModelSpec, manifest_path: str) -> None:
     """Fail when the model's own tokenizer is not the one that made the shards (the manifest
     records its sha256): its ids would mean other tokens to this model. A model folder without a
     tokenizer cannot be compared, and is said so in the log."""
-    from spectra_attn.shards import load_tokenizer, read_manifest
+    from spectra_attn.data.shards import load_tokenizer, read_manifest
 
     made_with = read_manifest(manifest_path).get("tokenizer") or {}
     if not made_with.get("fingerprint"):
@@ -730,7 +730,7 @@ def prepare(
     """Samples table, validated token rows and the loaded model for one job. Everything that can
     fail cheaply (sample range, shard validation, architecture, context length, vocabulary, the
     tokenizer, and ``check_config(model_config)`` if given) is checked before the weights load."""
-    from spectra_attn.samples import load_samples, sample_table
+    from spectra_attn.data.samples import load_samples, sample_table
 
     table = sample_table(manifest_path, sample_stop).iloc[sample_start:sample_stop]
     tokens = load_samples(manifest_path, table)

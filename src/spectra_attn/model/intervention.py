@@ -2,8 +2,8 @@
 
 The query of one head (layer L, head h) is multiplied by s after the query projection and any
 q norm, and before the rotary embedding, on every architecture of
-:mod:`spectra_attn.architectures`: the capture attention function scales ``query[:, h]`` of the
-post-RoPE query ``[B, heads, T, d]`` it receives, which is the same thing, RoPE being a rotation
+:mod:`spectra_attn.model.architectures`: the capture attention function scales ``query[:, h]`` of
+the post-RoPE query ``[B, heads, T, d]`` it receives, which is the same thing, RoPE being a rotation
 (R(s·q) = s·R(q)). A scale applied to a projection's output instead would be normalised away by a
 q norm (Qwen3, OLMo-2, StableLM's per-head LayerNorm), or hit token h of every head where the norm
 runs on ``[B, heads, T, d]`` (Gemma-3). Nothing else in the model changes.
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spectra_attn.architectures import text_config
-from spectra_attn.capture import (
+from spectra_attn.model.architectures import text_config
+from spectra_attn.model.capture import (
     AttentionRecorder,
     CaptureSettings,
     ModelSpec,
@@ -77,7 +77,7 @@ def check_heads(heads: list[HeadSpec], model_config: Any) -> None:
 class QueryScaler:
     """While active, multiplies head ``head`` of layer ``layer``'s query by ``scales[b]`` for
     batch element ``b``, in the capture attention function (the model must use it:
-    :func:`~spectra_attn.capture.use_capture_attention`)."""
+    :func:`~spectra_attn.model.capture.use_capture_attention`)."""
 
     def __init__(self, model: torch.nn.Module, layer: int, head: int, scales: torch.Tensor):
         self.model = model
@@ -352,8 +352,8 @@ def run_head_sweep(
     """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet with ``metadata`` in
     their key-value metadata; seed_csv, trends CSV), each atomically. Returns the trend
     analysis."""
-    from spectra_attn.capture import prepare
     from spectra_attn.io import write_csv, write_parquet
+    from spectra_attn.model.capture import prepare
 
     table, tokens, loaded = prepare(
         model, manifest_path, 0, n_samples, lambda config: check_heads([spec], config)

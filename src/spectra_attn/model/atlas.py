@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spectra_attn.capture import (
+from spectra_attn.columns import GAIN_METRICS
+from spectra_attn.model.capture import (
     AttentionRecorder,
     CaptureSettings,
     ModelSpec,
@@ -24,7 +25,6 @@ from spectra_attn.capture import (
     head_metrics,
     token_mean,
 )
-from spectra_attn.columns import GAIN_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def run_atlas(
     batch_size: int = 8,
 ) -> None:
     """The atlas job of one range of samples: one Parquet part, written atomically."""
-    from spectra_attn.capture import prepare
     from spectra_attn.io import write_parquet
+    from spectra_attn.model.capture import prepare
 
     table, tokens, loaded = prepare(model, manifest_path, sample_start, sample_stop)
     logger.info("atlas scales %s, %s", scales, settings)

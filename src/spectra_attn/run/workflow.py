@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/spectra_attn
 
 
 def setup_logging(log_path: str | Path, level: int = logging.INFO) -> None:
@@ -106,8 +106,8 @@ def stale_lock_hint(workdir: Path, argv: list[str]) -> str | None:
 
 def claim_job_gpus(snakemake) -> list[str]:
     """Give a model job the GPUs it declares (``resources: gpu=k``) and no other job's, before
-    CUDA starts (spectra_attn.gpus); nothing for a job told to run on the CPU."""
-    from spectra_attn import gpus
+    CUDA starts (spectra_attn.run.gpus); nothing for a job told to run on the CPU."""
+    from spectra_attn.run import gpus
 
     if snakemake.params.model.get("device") == "cpu":
         return []
@@ -132,7 +132,8 @@ def exit_on_sigterm() -> None:
 
 def package_modules(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> list[Path]:
     """The ``spectra_attn`` modules that ``script`` imports, directly or through each other,
-    including imports inside functions, and the package's ``__init__.py``; sorted.
+    including imports inside functions, with the ``__init__.py`` of the package and of every
+    subpackage on the way (Python runs them on import); sorted.
 
     Rules declare them as inputs so that editing any module a job runs reruns it: read from the
     imports, the list cannot drift from the code as a hand-written one does.
@@ -146,16 +147,33 @@ def package_modules(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from spectra_attn.x import y` and `from spectra_attn import x` (x a module)
+                # `from spectra_attn.x.y import z` and `from spectra_attn.x import y` (y a module)
                 names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
             else:
                 continue
             for name in names:
                 parts = name.split(".")
-                if parts[0] != "spectra_attn" or len(parts) != 2:
+                if parts[0] != "spectra_attn":
                     continue
-                module = package_dir / f"{parts[1]}.py"
-                if module.is_file() and module not in found:
-                    found.add(module)
-                    pending.append(module)
+                for module in _module_files(package_dir, parts[1:]):
+                    if module not in found:
+                        found.add(module)
+                        pending.append(module)
     return sorted(found)
+
+
+def _module_files(package_dir: Path, parts: list[str]) -> list[Path]:
+    """The files Python runs to import ``spectra_attn.<parts>``: each subpackage's
+    ``__init__.py`` on the way and the module itself; none when it is not a module (a name
+    imported from one)."""
+    files = []
+    folder = package_dir
+    for index, part in enumerate(parts):
+        if (folder / part / "__init__.py").is_file():
+            folder = folder / part
+            files.append(folder / "__init__.py")
+        elif index == len(parts) - 1 and (folder / f"{part}.py").is_file():
+            files.append(folder / f"{part}.py")
+        else:
+            break
+    return files

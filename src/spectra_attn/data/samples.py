@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectra_attn.shards import SHARD_DTYPE, ShardError, iter_validated_shards, read_manifest
+from spectra_attn.data.shards import SHARD_DTYPE, ShardError, iter_validated_shards, read_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spectra_attn.corpus import ReadStats, find_split_files, iter_documents
+from spectra_attn.data.corpus import ReadStats, find_split_files, iter_documents
 from spectra_attn.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)

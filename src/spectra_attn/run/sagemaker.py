@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from spectra_attn.run_state import split_s3_prefix
+from spectra_attn.run.run_state import split_s3_prefix
 
 WRAPPER = ("spectra", "sagemaker", "run")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import zstandard
 
-from spectra_attn.corpus import SOURCE_NAMES
+from spectra_attn.data.corpus import SOURCE_NAMES
 from spectra_attn.io import atomic_dir, atomic_path, write_json
 
 logger = logging.getLogger(__name__)

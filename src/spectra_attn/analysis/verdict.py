@@ -26,8 +26,8 @@ import pandas as pd
 
 from spectra_attn.provenance import summary_rows
 
-# The verdict table's thresholds on the target/control gain ratio (spectra_attn.gain.verdict_text),
-# with the band each side of them.
+# The verdict table's thresholds on the target/control gain ratio
+# (spectra_attn.analysis.gain.verdict_text), with the band each side of them.
 THRESHOLDS = (1 / 1.5, 1.5, 2.0)
 BANDS = (
     "the control is more sensitive than the target",

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from spectra_attn.architectures import architecture_for
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_edit
 from spectra_attn.gates import TOLERANCES, require
 from spectra_attn.gates import CheckFailed as CheckFailed  # raised by require(); re-exported
-from spectra_attn.intervention import TOKEN_METRICS, HeadSpec, QueryScaler
-from spectra_attn.metrics import MASKED_LOGIT
+from spectra_attn.model.architectures import architecture_for
+from spectra_attn.model.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_edit
+from spectra_attn.model.intervention import TOKEN_METRICS, HeadSpec, QueryScaler
+from spectra_attn.model.metrics import MASKED_LOGIT
 
 
 def tolerance_for(model: torch.nn.Module) -> float:
@@ -188,9 +188,9 @@ def run_check(
     import json
     import logging
 
-    from spectra_attn.capture import prepare
-    from spectra_attn.intervention import check_heads
     from spectra_attn.io import write_json
+    from spectra_attn.model.capture import prepare
+    from spectra_attn.model.intervention import check_heads
 
     logger = logging.getLogger(__name__)
     _, tokens, loaded = prepare(

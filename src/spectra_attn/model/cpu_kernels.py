@@ -15,7 +15,7 @@ The same metrics as composed torch operations take about ten passes over a ``[ro
 on a CPU those passes through memory, not the arithmetic, are what cost. On a GPU the torch
 composition stays (``metrics.py``).
 
-Formulas, with p = e / Σe, as in :mod:`spectra_attn.metrics`: entropy = −ln p_max − E_p[d];
+Formulas, with p = e / Σe, as in :mod:`spectra_attn.model.metrics`: entropy = −ln p_max − E_p[d];
 gain_max_attn = p_max · (−E_p[d]); gain_entropy = −(E_p[d²] − E_p[d]²); k_eff = the smallest k
 whose k largest probabilities sum to at least ``mass`` (the threshold minus the tolerance).
 Precision: Σe (hence p_max, the sink's weight and k_eff's target) and every sum k_eff compares are
