@@ -12,7 +12,8 @@ Bench model: a Llama config with hidden 256, 8 layers, 8 heads, 2 KV heads, voca
     ``logits_to_keep=1``, SDPA attention), no hooks, nothing written;
   * ``capture``: ``capture_to_parquet`` — all four metrics and the two gains of every layer,
     head and token, pre-RoPE, written to a zstd Parquet file;
-  * ``seed``: the seed's way — forward hooks on each layer's input norm, per-layer recompute of
+  * ``seed``: the original project's way — forward hooks on each layer's input norm, per-layer
+  recompute of
     pre-RoPE q/k and the full [heads, T, T] softmax, the metrics by masked_fill/sort, rows appended
     to a CSV with pandas.
   * ``capture_torch_ops`` (with ``--torch-ops``): capture with the metrics as composed torch
@@ -111,9 +112,9 @@ def plain_forward(model, tokens: np.ndarray, batch_size: int) -> None:
         torch.cuda.synchronize()
 
 
-def seed_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> None:
-    """The seed's AttentionProfiler: hooks on input_layernorm, per-layer pre-RoPE recompute,
-    full softmax, metrics with masked_fill and sort, pandas rows appended to a CSV."""
+def original_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> None:
+    """The original project's AttentionProfiler: hooks on input_layernorm, per-layer pre-RoPE
+    recompute, full softmax, metrics with masked_fill and sort, pandas rows appended to a CSV."""
     import pandas as pd
 
     config = model.config
@@ -187,7 +188,9 @@ def overhead(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.arch != "llama" and not args.skip_seed:
-        raise SystemExit("--arch other than llama needs --skip-seed (the seed's way is Llama's)")
+        raise SystemExit(
+            "--arch other than llama needs --skip-seed (the original project's way is Llama's)"
+        )
     model = bench_model(args.device, args.arch)
     plain = PLAIN_ATTENTION[args.arch]
     generator = np.random.default_rng(0)
@@ -248,8 +251,8 @@ def overhead(args) -> None:
                 metrics.CPU_KERNEL = True
 
         # Each run of a way follows a plain forward pass, which its paired ratio divides by: the
-        # seed's way leaves the process slower for a while, and a forward measured right after it
-        # made every ratio look better than it is.
+        # original project's way leaves the process slower for a while, and a forward measured
+        # right after it made every ratio look better than it is.
         for repeat in range(args.repeats):
             timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
             timed("capture", lambda: capture(f"{tmp}/capture.parquet"))
@@ -260,7 +263,9 @@ def overhead(args) -> None:
             if not args.skip_seed:
                 path = Path(tmp) / f"seed_{repeat}.csv"
                 timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
-                timed("seed", lambda path=path: seed_style(model, tokens, args.batch_size, path))
+                timed(
+                    "seed", lambda path=path: original_style(model, tokens, args.batch_size, path)
+                )
         rows = written[-1]
     forward = statistics.median(timings["forward"])
     print(

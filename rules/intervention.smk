@@ -27,7 +27,7 @@ rule intervention_sweep:
     output:
         tokens=f"{RUN}/intervention/L{{layer}}_H{{head}}/tokens.parquet",
         sweep=f"{RUN}/intervention/L{{layer}}_H{{head}}/sweep.parquet",
-        seed_csv=f"{RUN}/intervention/L{{layer}}_H{{head}}/q_scale_intervention_results.csv",
+        scale_summary=f"{RUN}/intervention/L{{layer}}_H{{head}}/q_scale_intervention_results.csv",
         trends=f"{RUN}/intervention/L{{layer}}_H{{head}}/trend_analysis.csv",
     log:
         f"{LOGS}/intervention/L{{layer}}_H{{head}}.log",

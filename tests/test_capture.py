@@ -597,14 +597,14 @@ def test_shards_are_held_one_at_a_time(tmp_path):
     assert loading < 2.5 * shard_bytes, loading / shard_bytes
 
 
-def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):
-    from spectra_attn.analysis.capture_csv import export_seed_csv
+def test_csv_export_has_the_original_projects_columns(model_dir, manifest, tmp_path):
+    from spectra_attn.analysis.capture_csv import export_original_csv
 
     parts = []
     for index, (start, stop) in enumerate([(0, 2), (2, 3)]):
         parts.append(str(tmp_path / f"part_{index:04d}.parquet"))
         capture_range(model_dir, manifest, parts[-1], start, stop)
-    export_seed_csv(parts, str(tmp_path / "attention_metrics.csv"))
+    export_original_csv(parts, str(tmp_path / "attention_metrics.csv"))
     csv = pd.read_csv(tmp_path / "attention_metrics.csv")
     assert list(csv.columns) == [
         "sample_id",

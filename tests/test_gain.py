@@ -1,4 +1,4 @@
-"""Gain analysis against scipy.stats.linregress, and the seed's verdict table."""
+"""Gain analysis against scipy.stats.linregress, and the original project's verdict table."""
 
 from __future__ import annotations
 

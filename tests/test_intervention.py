@@ -19,7 +19,7 @@ from spectra_attn.model.intervention import (
     QueryScaler,
     check_heads,
     run_sweep,
-    seed_results_table,
+    scale_summary_table,
     sweep_batch,
     trend_analysis,
 )
@@ -225,7 +225,7 @@ def test_run_sweep_tables_and_trends(model, caplog):
     assert trends.loc["max_attn", "as_expected"]
     text = caplog.text
     assert text.index("expected as the query") < text.index("observed for L1_H2")
-    seed = seed_results_table(sample_table)
+    seed = scale_summary_table(sample_table)
     assert list(seed.scale) == SCALES and (seed.n_samples == 3).all()
     assert {"entropy_mean", "entropy_std", "loss_mean", "kl_mean"} <= set(seed.columns)
 

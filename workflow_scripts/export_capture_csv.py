@@ -1,10 +1,11 @@
-"""Snakemake adapter: the capture parts as one CSV in the seed's format, for old scripts."""
+"""Snakemake adapter: the capture parts as one CSV in the original project's format, for old
+scripts."""
 
-from spectra_attn.analysis.capture_csv import export_seed_csv
+from spectra_attn.analysis.capture_csv import export_original_csv
 
 
 def main(snakemake) -> None:
-    export_seed_csv(snakemake.input.parts, snakemake.output.csv)
+    export_original_csv(snakemake.input.parts, snakemake.output.csv)
 
 
 if __name__ == "__main__":

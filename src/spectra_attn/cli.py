@@ -100,7 +100,7 @@ def _capture(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from spectra_attn.analysis.capture_csv import export_seed_csv
+    from spectra_attn.analysis.capture_csv import export_original_csv
     from spectra_attn.data.samples import sample_table
     from spectra_attn.io import write_parquet
     from spectra_attn.model.capture import CaptureSettings, run_capture
@@ -126,7 +126,7 @@ def _capture(args: argparse.Namespace) -> int:
     )
     write_parquet(table, out / "samples.parquet")
     if args.csv:
-        export_seed_csv(
+        export_original_csv(
             [str(part)], str(out / f"attention_metrics_{time.strftime('%Y%m%d_%H%M%S')}.csv")
         )
     return 0
@@ -154,7 +154,7 @@ def _intervene(args: argparse.Namespace) -> int:
     outputs = {
         "tokens": head_dir / "tokens.parquet",
         "sweep": head_dir / "sweep.parquet",
-        "seed_csv": head_dir / "q_scale_intervention_results.csv",
+        "scale_summary": head_dir / "q_scale_intervention_results.csv",
         "trends": head_dir / "trend_analysis.csv",
     }
     run_head_sweep(
@@ -297,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--query-block-size", **_option("capture", "query_block_size"))
     capture.add_argument("--trust-remote-code", action="store_true")
     capture.add_argument(
-        "--csv", action="store_true", help="also write the seed's attention_metrics_<time>.csv"
+        "--csv",
+        action="store_true",
+        help="also write the original project's attention_metrics_<time>.csv",
     )
     capture.set_defaults(handler=_capture)
 

@@ -195,8 +195,8 @@ def sample_counts(config: Mapping[str, Any]) -> dict[str, int]:
 
 
 def describe(config: Mapping[str, Any]) -> str:
-    """Every design decision and metric formula that the configuration implies (the seed's
-    show_experiment_config), as plain text."""
+    """Every design decision and metric formula that the configuration implies (the original
+    project's show_experiment_config), as plain text."""
     model, data, capture, intervention = (
         config["model"],
         config["data"],

@@ -1,4 +1,4 @@
-"""The seed's CSV of capture's rows, for scripts written against the original project.
+"""The original project's CSV of capture's rows, for scripts written against the original project.
 
 Kept apart from :mod:`spectra_attn.model.capture` so that exporting needs only pyarrow (the rule
 runs in the data environment, without torch or numba).
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from spectra_attn.columns import SEED_CSV_COLUMNS
+from spectra_attn.columns import ORIGINAL_CSV_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 
-def export_seed_csv(parts: list[str], out_path: str) -> None:
-    """Concatenate capture parts into the seed's CSV format, atomically, part by part."""
+def export_original_csv(parts: list[str], out_path: str) -> None:
+    """Concatenate capture parts into the original project's CSV format, atomically, part by
+    part."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -24,7 +25,7 @@ def export_seed_csv(parts: list[str], out_path: str) -> None:
     with atomic_path(out_path) as tmp:
         writer = None
         for part in parts:
-            table = pq.read_table(part, columns=list(SEED_CSV_COLUMNS))
+            table = pq.read_table(part, columns=list(ORIGINAL_CSV_COLUMNS))
             if writer is None:
                 writer = pacsv.CSVWriter(tmp, table.schema)
             writer.write_table(table)

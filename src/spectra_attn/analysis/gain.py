@@ -4,8 +4,8 @@
 
 with its standard error, R² and 95% confidence interval (Student t, n − 2 degrees of freedom); the
 same for entropy and k_eff. The target/control ratio of max_attn gains gets a bootstrap CI over
-samples (the same resampled samples for both heads, seeded). The verdict follows the seed's table,
-and its failure criterion is stated plainly when it applies.
+samples (the same resampled samples for both heads, seeded). The verdict follows the original
+project's table, and its failure criterion is stated plainly when it applies.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def bootstrap_ratio(
 
 
 def verdict_text(ratio: float) -> str:
-    """The seed's interpretation table for the target/control gain ratio."""
+    """The original project's interpretation table for the target/control gain ratio."""
     if ratio >= 2.0:
         return "≥ 2.0×: strong evidence of head-specific exploitation of query magnitude"
     if ratio >= 1.5:
@@ -129,15 +129,15 @@ def verdict(
     seed: int = 0,
     atlas: pd.DataFrame | None = None,
 ) -> dict:
-    """The seed's verdict for the target and control heads of a sweep.
+    """The original project's verdict for the target and control heads of a sweep.
 
     ``atlas`` (:func:`atlas_gains` of every head), if given, adds where the target's max_attn
     gain ranks among all heads (``target_percentile``, ``heads_in_atlas``).
 
     ``trends``: trend analyses of both heads (columns layer, head, role, metric, monotonic, …).
     Failure criterion: the target is not monotonic (max_attn or entropy) while the control stays
-    flat (the 95% CI of its max_attn gain contains 0): the Phase-0 correlation is then likely
-    epiphenomenal.
+    flat (the 95% CI of its max_attn gain contains 0): the query-norm–entropy correlation is then
+    likely epiphenomenal.
     """
     target = sweep[sweep.role == "target"]
     control = sweep[sweep.role == "control"]
@@ -153,7 +153,7 @@ def verdict(
     if failure:
         statement = (
             "FAILURE CRITERION MET: the target head is not monotonic while the control stays "
-            "flat, so the Phase-0 correlation between query norm and entropy is likely "
+            "flat, so the correlation between query norm and entropy is likely "
             "epiphenomenal. " + statement
         )
     head = lambda frame: {"layer": int(frame.layer.iloc[0]), "head": int(frame["head"].iloc[0])}  # noqa: E731

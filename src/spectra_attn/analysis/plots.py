@@ -786,7 +786,7 @@ def report_figures(
         summary,
         "spearman_qn_entropy",
         _stem(out["correlation"]),
-        "Phase-0 correlation: Spearman ρ(query_norm, entropy)",
+        "query-norm–entropy correlation: Spearman ρ(query_norm, entropy)",
         center=0.0,
         vmin=-1.0,  # a correlation's whole range, so that colours compare between runs
         vmax=1.0,

@@ -1,4 +1,4 @@
-"""Automatic head selection from the capture (the seed's Phase-0 correlation): the target is the
+"""Automatic head selection from the capture (the query-norm–entropy correlation): the target is the
 head whose query norm and attention entropy are most strongly rank-correlated (largest
 |Spearman ρ| over all captured tokens with a defined entropy); the control is the head of the same
 layer with the weakest correlation."""

@@ -9,7 +9,7 @@ the two forms say the same thing. No value reaches the page as a raw dict or a 1
 
 The caveats are triggered by the data: few samples, a ratio CI that straddles a threshold of the
 verdict table, a control that is not flat (or one so flat that the ratio divides by noise), a demo
-model, the seed's failure criterion, a failed gate.
+model, the original project's failure criterion, a failed gate.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def head_name(head: Mapping[str, Any]) -> str:
 
 
 def band(ratio: float) -> int:
-    """Index into :data:`BANDS` of a ratio (the seed's table; upper thresholds inclusive)."""
+    """Index into :data:`BANDS` of a ratio (the original project's table; upper thresholds
+    inclusive)."""
     if ratio >= THRESHOLDS[2]:
         return 3
     if ratio >= THRESHOLDS[1]:
@@ -307,8 +308,8 @@ def _caveats(
         )
     if verdict.get("failure_criterion_met"):
         caveats.append(
-            "The seed's failure criterion is met: the target is not monotonic while the control "
-            "stays flat, so the Phase-0 correlation between query norm and entropy is likely "
+            "The original project's failure criterion is met: the target is not monotonic while "
+            "the control stays flat, so the correlation between query norm and entropy is likely "
             "epiphenomenal."
         )
     elif not verdict.get("target_monotonic", True):

@@ -1,4 +1,5 @@
-"""Which sequences a stage reads: the first N rows of the shards, in order (as in the seed), and
+"""Which sequences a stage reads: the first N rows of the shards, in order (as in the original
+project), and
 the table mapping each sample_id to its shard file and row, so any result can be recomputed from the
 shards independently."""
 

@@ -1,4 +1,5 @@
-"""``spectra shards inspect``: what a shard holds (the seed's explore_npz), as plain text."""
+"""``spectra shards inspect``: what a shard holds (the original project's explore_npz), as plain
+text."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectra_attn.columns import SEED_CSV_COLUMNS
+from spectra_attn.columns import ORIGINAL_CSV_COLUMNS
 from spectra_attn.model.architectures import (
     INTERLEAVED,
     NO_ROPE,
@@ -481,7 +481,7 @@ def head_metrics(
 
 
 COLUMNS = (
-    *SEED_CSV_COLUMNS,
+    *ORIGINAL_CSV_COLUMNS,
     "sink_attn",
     "gain_max_attn",
     "gain_entropy",

@@ -36,7 +36,7 @@ from spectra_attn.model.capture import (
 
 logger = logging.getLogger(__name__)
 
-# Seed's expectations, printed before every sweep: metric → (direction, strength).
+# The original project's expectations, printed before every sweep: metric → (direction, strength).
 EXPECTED_DIRECTIONS = {
     "entropy": ("decreasing", "strongest"),
     "max_attn": ("increasing", "medium"),
@@ -326,8 +326,8 @@ def log_observations(spec: HeadSpec, trends: pd.DataFrame) -> None:
         )
 
 
-def seed_results_table(samples_table: pd.DataFrame) -> pd.DataFrame:
-    """The seed's q_scale_intervention_results.csv: one row per scale, mean and standard
+def scale_summary_table(samples_table: pd.DataFrame) -> pd.DataFrame:
+    """The original project's q_scale_intervention_results.csv: one row per scale, mean and standard
     deviation over samples of each metric, with the loss and KL."""
     grouped = samples_table.groupby(["layer", "head", "role", "scale"], sort=True)
     table = grouped[["entropy", "max_attn", "k_eff", "query_norm", "loss", "kl"]].agg(
@@ -350,7 +350,7 @@ def run_head_sweep(
     metadata: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet with ``metadata`` in
-    their key-value metadata; seed_csv, trends CSV), each atomically. Returns the trend
+    their key-value metadata; scale_summary, trends CSV), each atomically. Returns the trend
     analysis."""
     from spectra_attn.io import write_csv, write_parquet
     from spectra_attn.model.capture import prepare
@@ -365,6 +365,6 @@ def run_head_sweep(
     trends = trend_analysis(sample_table)
     write_parquet(token_table, outputs["tokens"], metadata)
     write_parquet(sample_table, outputs["sweep"], metadata)
-    write_csv(seed_results_table(sample_table), outputs["seed_csv"])
+    write_csv(scale_summary_table(sample_table), outputs["scale_summary"])
     write_csv(trends, outputs["trends"])
     return trends
