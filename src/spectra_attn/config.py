@@ -7,6 +7,7 @@ The same schema file validates the config inside Snakemake (``rules/common.smk``
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 
 import jsonschema
 import yaml
+
+from spectra_attn.io import atomic_path
+from spectra_attn.model.architectures import UnsupportedModelError, pre_rope_meaning
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 DEMO_MODEL_PATH = "resources/demo/model"
@@ -283,10 +287,6 @@ def describe(config: Mapping[str, Any]) -> str:
 def _architecture_line(config: Mapping[str, Any]) -> str:
     """The model's architecture and what pre-RoPE means for it, when its config.json is here (a
     hub model's is read by its job)."""
-    import json
-
-    from spectra_attn.model.architectures import UnsupportedModelError, pre_rope_meaning
-
     if uses_demo_model(config):
         shape: dict[str, Any] = {"model_type": "llama"}
     else:
@@ -304,8 +304,6 @@ def _architecture_line(config: Mapping[str, Any]) -> str:
 def write_description(config: Mapping[str, Any], path: str | Path) -> None:
     """:func:`describe`'s text followed by every value of the (validated) configuration as YAML,
     written atomically to ``path``: the run's configuration, as the report shows it."""
-    from spectra_attn.io import atomic_path
-
     text = (
         describe(config)
         + "\n\nEvery value (validated, defaults filled in)\n\n"

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from spectra_attn.io import atomic_dir, atomic_path, remove_stale_temporaries
+from spectra_attn.provenance import write_duckdb
 
 logger = logging.getLogger(__name__)
 
@@ -316,8 +317,6 @@ def reduce_aggregates(
             con.execute(f"DROP VIEW {name}")
         con.execute("DROP TABLE merged")
         if provenance:
-            from spectra_attn.provenance import write_duckdb
-
             write_duckdb(con, provenance)
         for name, path in exports.items():
             table, extension = name.split(".")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from spectra_attn.analysis.aggregate import connect, spearman
+
 
 def head_correlations(parts: list[str]) -> pd.DataFrame:
     """Spearman ρ(query_norm, entropy) and the token count per (layer, head), from capture parts.
@@ -16,8 +18,6 @@ def head_correlations(parts: list[str]) -> pd.DataFrame:
     computed by DuckDB out of core, so the capture never has to fit in memory and the two always
     agree.
     """
-    from spectra_attn.analysis.aggregate import connect, spearman
-
     con = connect()
     try:
         table = spearman(con, parts)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spectra_attn.data.corpus import is_hub_id
 from spectra_attn.data.shards import load_shard, read_manifest
 
 
@@ -90,8 +91,6 @@ def describe_bad_records(manifest: dict, examples: int = 5) -> str:
 
 def _loadable(name: str) -> bool:
     """A tokenizer folder that exists from here, or a name that can only be a hub id."""
-    from spectra_attn.data.corpus import is_hub_id
-
     return Path(name).is_dir() or is_hub_id(name)
 
 

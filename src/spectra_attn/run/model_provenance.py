@@ -12,6 +12,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from spectra_attn.io import sha256_file_remembered
+from spectra_attn.model.capture import resolve_device
 from spectra_attn.provenance import combined_sha256, corpus_identity
 
 logger = logging.getLogger(__name__)
@@ -23,8 +25,6 @@ def model_identity(
     """A local folder: the sha256 of each of its ``*.safetensors`` files (and of config.json),
     and one ``id`` over them. A hub id: the id, the requested revision and the commit it resolved
     to (from the local cache or the hub, as transformers resolves it); ``id`` is ``hub@commit``."""
-    from spectra_attn.io import sha256_file_remembered
-
     path = Path(name_or_path)
     if path.is_dir():
         files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
@@ -107,8 +107,6 @@ def collect(
 def collect_for_job(run: Mapping[str, Any] | None, spec: Any, manifest: str | Path) -> dict:
     """:func:`collect` for a model job: the model a ``capture.ModelSpec`` names, the shards'
     manifest and the device the spec resolves to."""
-    from spectra_attn.model.capture import resolve_device
-
     return collect(
         run,
         model=spec.name_or_path,

@@ -21,6 +21,7 @@ from spectra_attn.config import sample_counts, uses_demo_corpus, uses_demo_model
 from spectra_attn.data.corpus import CorpusError, find_split_files, hub_cache_dir, is_hub_id
 from spectra_attn.data.shards import store_dir
 from spectra_attn.demo.corpus import SPLITS as DEMO_SPLITS
+from spectra_attn.demo.model import check_demo_settings
 from spectra_attn.model.architectures import UnsupportedModelError, raw_shape
 from spectra_attn.run import hub
 
@@ -71,8 +72,6 @@ def _model_shape(
     """The model's config.json (or the demo's settings), or None when it cannot be read here."""
     name = config["model"]["name_or_path"]
     if uses_demo_model(config):
-        from spectra_attn.demo.model import check_demo_settings
-
         try:
             check_demo_settings(config["demo"])
         except ValueError as error:

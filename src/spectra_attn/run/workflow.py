@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from spectra_attn.run import gpus
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/spectra_attn
 
 
@@ -107,8 +109,6 @@ def stale_lock_hint(workdir: Path, argv: list[str]) -> str | None:
 def claim_job_gpus(snakemake) -> list[str]:
     """Give a model job the GPUs it declares (``resources: gpu=k``) and no other job's, before
     CUDA starts (spectra_attn.run.gpus); nothing for a job told to run on the CPU."""
-    from spectra_attn.run import gpus
-
     if snakemake.params.model.get("device") == "cpu":
         return []
     return gpus.claim(int(getattr(snakemake.resources, "gpu", 0) or 0))
