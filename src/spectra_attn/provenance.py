@@ -128,7 +128,7 @@ def parquet_metadata(record: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def read_parquet(path: str | Path) -> dict[str, Any] | None:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: Snakemake's main process imports this module
 
     values = pq.read_schema(path).metadata or {}
     raw = values.get(KEY.encode())
@@ -143,7 +143,7 @@ def write_duckdb(con: Any, record: Mapping[str, Any] | None) -> None:
 
 
 def read_duckdb(path: str | Path) -> dict[str, Any] | None:
-    import duckdb
+    import duckdb  # lazy: Snakemake's main process imports this module
 
     con = duckdb.connect(str(path), read_only=True)
     try:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
 from spectra_attn.columns import ORIGINAL_CSV_COLUMNS
+from spectra_attn.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -16,11 +20,6 @@ logger = logging.getLogger(__name__)
 def export_original_csv(parts: list[str], out_path: str) -> None:
     """Concatenate capture parts into the original project's CSV format, atomically, part by
     part."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from spectra_attn.io import atomic_path
-
     rows = 0
     with atomic_path(out_path) as tmp:
         writer = None

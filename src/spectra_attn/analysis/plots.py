@@ -42,6 +42,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
 from spectra_attn.columns import GAIN_METRICS  # noqa: E402
@@ -137,8 +138,6 @@ def clipped_texts(fig: plt.Figure, slack: float = 1.0) -> list[str]:
     """The visible, non-empty texts of ``fig`` (titles, labels, tick labels, legends,
     annotations) that reach past the figure's edges by more than ``slack`` pixels once drawn:
     what the saved image would cut off."""
-    from matplotlib.text import Text
-
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     # An axis keeps tick objects beyond its view limits, visible but never drawn: skip them.

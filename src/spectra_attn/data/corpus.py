@@ -220,7 +220,7 @@ def check_file_headers(files: list[Path]) -> None:
     """Cheap pre-flight check of every file before any tokenizing: zstd and parquet magic
     numbers, and a parquet footer that parses. Deeper corruption is caught while reading, still
     naming the file."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: Snakemake's main process imports this module
 
     for path in files:
         with open(path, "rb") as handle:
@@ -423,7 +423,9 @@ def download_hub_dataset(dataset_id: str, split: str, cache_dir: str | Path) -> 
     Both hub layouts are matched: ``<split>/chunk*/...`` (SlimPajama-627B) and
     ``**/<split>-*.parquet`` (SlimPajama-6B). Returns ``cache_dir``.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import (
+        snapshot_download,  # lazy: Snakemake's main process imports this module
+    )
 
     cache_dir = Path(cache_dir)
     try:

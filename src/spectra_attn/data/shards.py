@@ -149,7 +149,10 @@ def load_tokenizer(
 ) -> tuple[Any, TokenizerInfo]:
     """Load the model's tokenizer and describe it. The model's vocabulary size and maximum context
     come from its config (the embedding matrix, not the tokenizer, bounds valid ids)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import (  # lazy: Snakemake's main process imports this module
+        AutoConfig,
+        AutoTokenizer,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code

@@ -13,6 +13,9 @@ Everything is seeded (tokenizer training is deterministic, the weights are initi
 ``torch.manual_seed(seed)``, the batch order comes from a seeded generator), so the same corpus,
 settings, seed and thread count give the same weights. The folder is written beside
 ``out_dir`` and renamed into place at the end, so a killed build leaves no partial model.
+
+torch, tokenizers and transformers are imported inside the functions that use them: Snakemake's
+main process imports this module (pre-flight checks of the demo settings) and must not load them.
 """
 
 from __future__ import annotations

@@ -31,7 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from importlib.metadata import version
 from typing import Any
+
+from packaging.version import Version
 
 
 class UnsupportedModelError(ValueError):
@@ -225,10 +228,6 @@ REFUSED: dict[str, str] = {
 def check_transformers_version(arch: Architecture, installed: str | None = None) -> None:
     """Raise :class:`UnsupportedModelError` when the installed transformers is older than the
     oldest version known to give this architecture's attention to capture."""
-    from importlib.metadata import version
-
-    from packaging.version import Version
-
     installed = installed or version("transformers")
     if Version(installed) < Version(arch.min_transformers):
         raise UnsupportedModelError(

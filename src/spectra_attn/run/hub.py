@@ -14,7 +14,9 @@ TIMEOUT_S = 10.0
 
 
 def _cached(repo_id: str, repo_type: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import (
+        try_to_load_from_cache,  # lazy: Snakemake's main process imports this module
+    )
 
     if repo_type != "model":
         return False
@@ -27,7 +29,10 @@ def repo_problem(
 ) -> str | None:
     """Why ``repo_id`` (a ``model`` or ``dataset``) cannot be used, naming config key ``key``;
     None when it can."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import (  # lazy: Snakemake's main process imports this module
+        HfApi,
+        constants,
+    )
     from huggingface_hub.errors import (
         GatedRepoError,
         RepositoryNotFoundError,

@@ -77,7 +77,7 @@ def s3_client(environ: Mapping[str, str] = os.environ):
     (SNAKEMAKE_STORAGE_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY, _SECRET_KEY, _TOKEN) when set, else
     boto3's defaults (on SageMaker: the instance role), so that one set of variables points the
     outputs and this state at the same place."""
-    import boto3
+    import boto3  # lazy: only SageMaker runs need it, and it takes a second to import
     from botocore.config import Config
 
     def setting(name: str) -> str | None:

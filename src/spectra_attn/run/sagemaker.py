@@ -89,7 +89,7 @@ def training_job_request(
 def launch(request: Mapping, client=None, region: str | None = None) -> str:
     """Send the request; returns the training job's ARN."""
     if client is None:
-        import boto3
+        import boto3  # lazy: only launching needs it, and it takes a second to import
 
         client = boto3.client("sagemaker", region_name=region)
     return client.create_training_job(**request)["TrainingJobArn"]
