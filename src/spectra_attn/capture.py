@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "spectra_capture"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# accelerate's ways of spreading a model's layers over GPUs (ModelSpec.device_map).
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 # capture_batch on a GPU queues each layer's copies of its metrics to the host without waiting for
 # them, and waits once per batch (False: waits for every copy; benchmarks/gpu_capture.py compares).
@@ -297,9 +299,6 @@ def load_model(spec: ModelSpec, model_config=None) -> torch.nn.Module:
         _log_placement(model, placement)
         return model.eval()
     return model.to(target).eval()
-
-
-DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def placement_kwargs(spec: ModelSpec) -> dict[str, Any]:
