@@ -111,15 +111,29 @@ def tokenizer_settings():
 
 def model_settings():
     """What identifies the model a job runs, spectra_attn.model.capture.ModelSpec's fields: a recorded
-    param, so changing the model, its dtype or revision, or the device reruns every job that
-    runs it. The script loads it from model_path."""
-    return {
-        "name_or_path": config["model"]["name_or_path"],
-        "dtype": config["model"]["dtype"],
+    param, so changing the model, its dtype or revision, the device or the device map reruns
+    every job that runs it. The script loads it from model_path. The device map's keys are
+    there only when one is set, so that the params of a model on one device are as they were
+    before the keys existed (and its finished jobs do not rerun)."""
+    model = config["model"]
+    settings = {
+        "name_or_path": model["name_or_path"],
+        "dtype": model["dtype"],
         "device": config["device"],
-        "revision": config["model"]["revision"],
-        "trust_remote_code": config["model"]["trust_remote_code"],
+        "revision": model["revision"],
+        "trust_remote_code": model["trust_remote_code"],
     }
+    if model["device_map"] is not None:
+        settings["device_map"] = model["device_map"]
+        settings["max_memory_per_gpu"] = model["max_memory_per_gpu"]
+    return settings
+
+
+def model_gpus():
+    """The `gpu` resource of a model job: model.gpus, which the job claims
+    (spectra_attn.run.workflow.claim_job_gpus) and its device map spreads the layers over. A
+    resource, not a param: it changes where layers run, not what they compute."""
+    return config["model"]["gpus"]
 
 
 CAPTURE_RANGES = sample_ranges(

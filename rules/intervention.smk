@@ -40,7 +40,7 @@ rule intervention_sweep:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=model_gpus(),
         batch_size=config["intervention"]["batch_size"],
         query_block_size=config["capture"]["query_block_size"],
     params:
@@ -72,7 +72,7 @@ rule check_baseline_sanity:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=model_gpus(),
         query_block_size=config["capture"]["query_block_size"],
     params:
         check=check_name,

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "spectra_capture"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# accelerate's ways of spreading a model's layers over GPUs (ModelSpec.device_map).
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 # capture_batch on a GPU queues each layer's copies of its metrics to the host without waiting for
 # them, and waits once per batch (False: waits for every copy; benchmarks/gpu_capture.py compares).
@@ -245,6 +247,11 @@ class ModelSpec:
     device: str = "auto"
     revision: str | None = None
     trust_remote_code: bool = False
+    # None: the whole model on ``device``. Else accelerate spreads its layers over the GPUs the job
+    # holds: a strategy of DEVICE_MAP_STRATEGIES, or module name → GPU index (0 = the job's
+    # first), "cpu" or "disk" (see :func:`placement_kwargs`).
+    device_map: str | dict[str, int | str] | None = None
+    max_memory_per_gpu: str | None = None  # e.g. "70GiB": caps what a strategy puts on each GPU
 
     def config(self):
         from transformers import AutoConfig
@@ -267,7 +274,8 @@ def load_model(spec: ModelSpec, model_config=None) -> torch.nn.Module:
 
     check_model_type(model_config if model_config is not None else spec.config())
     _register_attention()
-    target = resolve_device(spec.device)
+    placement = placement_kwargs(spec)
+    target = None if placement else resolve_device(spec.device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             spec.name_or_path,
@@ -276,6 +284,7 @@ def load_model(spec: ModelSpec, model_config=None) -> torch.nn.Module:
             dtype=DTYPES[spec.dtype],
             attn_implementation=ATTN_IMPLEMENTATION,
             use_safetensors=True,  # never a pickled pytorch_model.bin
+            **placement,
         )
     except OSError as error:
         if "safetensors" not in str(error):
@@ -286,7 +295,155 @@ def load_model(spec: ModelSpec, model_config=None) -> torch.nn.Module:
             "in an environment you trust, with AutoModelForCausalLM.from_pretrained(...)"
             ".save_pretrained(new_dir, safe_serialization=True)"
         ) from error
+    if target is None:
+        _log_placement(model, placement)
+        return model.eval()
     return model.to(target).eval()
+
+
+def placement_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """``from_pretrained``'s keywords that spread the model over devices as ``spec.device_map``
+    says (accelerate places each decoder layer whole on one device and moves the activations
+    between them); none for a model on one device.
+
+    A strategy (``auto``, ``balanced``...) spreads the layers over every GPU the process sees, which
+    in a job is the ones it holds (:mod:`spectra_attn.run.gpus`), each at most
+    ``max_memory_per_gpu``; where they do not fit, accelerate puts the rest in CPU memory, then on
+    disk. Without CUDA a strategy has only the CPU: the model loads there whole, as with ``device:
+    auto``. An explicit map gives each module (``model.layers.12``) a GPU index, ``cpu`` or
+    ``disk``. Weights put on disk are read back at every forward pass (slow, but it is how the tests
+    run a split model on a machine without GPUs); what accelerate writes for them goes to a
+    temporary folder removed when the process ends."""
+    device_map = spec.device_map
+    if device_map is None:
+        if spec.max_memory_per_gpu is not None:
+            raise ValueError("max_memory_per_gpu needs a device_map strategy (e.g. auto)")
+        return {}
+    cuda = spec.device != "cpu" and torch.cuda.is_available()
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ValueError(
+                f"device_map {device_map!r}: not one of {', '.join(DEVICE_MAP_STRATEGIES)} "
+                "(or a mapping of module names to devices)"
+            )
+        if spec.device == "cpu":
+            raise ValueError(
+                f"device_map {device_map!r} spreads the model over GPUs, but device is cpu: "
+                "set device_map to null (or device to auto or cuda)"
+            )
+        if not cuda:
+            resolve_device(spec.device)  # device: cuda without CUDA fails here
+            logger.warning(
+                "device_map %r: no CUDA device here, so the whole model runs on the CPU",
+                device_map,
+            )
+            return {}
+        kwargs: dict[str, Any] = {"device_map": device_map}
+        if spec.max_memory_per_gpu is not None:
+            from accelerate.utils import get_max_memory
+
+            kwargs["max_memory"] = {
+                device: spec.max_memory_per_gpu if isinstance(device, int) else memory
+                for device, memory in get_max_memory().items()
+            }
+    else:
+        if spec.max_memory_per_gpu is not None:
+            raise ValueError(
+                "max_memory_per_gpu shapes a device_map strategy; an explicit device_map "
+                "already says where each module goes"
+            )
+        invalid = [
+            f"{name}: {device!r}"
+            for name, device in device_map.items()
+            if device not in ("cpu", "disk")
+            and not (isinstance(device, int) and not isinstance(device, bool) and device >= 0)
+        ]
+        if invalid:
+            raise ValueError(
+                "device_map: each module goes to a GPU index (0 = the job's first GPU), "
+                f"'cpu' or 'disk', not {', '.join(invalid)}"
+            )
+        gpus = sorted({device for device in device_map.values() if isinstance(device, int)})
+        if gpus and not cuda:
+            raise ValueError(
+                f"device_map puts modules on GPU {', '.join(map(str, gpus))}, but "
+                + ("device is cpu" if spec.device == "cpu" else "CUDA is not available here")
+            )
+        if gpus and gpus[-1] >= torch.cuda.device_count():
+            raise ValueError(
+                f"device_map puts modules on GPU {gpus[-1]}, but this job sees "
+                f"{torch.cuda.device_count()} GPU(s): raise model.gpus"
+            )
+        kwargs = {"device_map": dict(device_map)}
+    kwargs["offload_folder"] = _offload_folder()
+    return kwargs
+
+
+def _offload_folder() -> str:
+    """A temporary folder for weights a device map puts on disk (used only then), removed when
+    the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="spectra-offload-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _log_placement(model: torch.nn.Module, placement: dict[str, Any]) -> None:
+    """Which device holds how many modules of a model spread by a device map, with a warning when
+    some of it is in CPU memory or on disk (every forward pass then copies those weights)."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    counts: dict[str, int] = {}
+    for device in device_map.values():
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    logger.info(
+        "device_map %s: modules per device %s",
+        placement["device_map"] if isinstance(placement["device_map"], str) else "explicit",
+        counts,
+    )
+    offloaded = [name for name, device in device_map.items() if device in ("cpu", "disk")]
+    if offloaded and any(d not in ("cpu", "disk") for d in device_map.values()):
+        logger.warning(
+            "%d module(s) offloaded to CPU memory or disk (%s%s): their weights are copied to the "
+            "GPU at every forward pass, which is slow; more GPUs (model.gpus) avoid it",
+            len(offloaded),
+            ", ".join(offloaded[:3]),
+            "…" if len(offloaded) > 3 else "",
+        )
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a batch's input ids go: the device that runs the input embedding. For a model on one
+    device that is ``model.device``; for one spread by a device map, the execution device of
+    accelerate's hook on the embedding (or on the whole model), as its weights may be offloaded
+    (on the meta device) and ``model.device`` is only its first parameter's."""
+    embeddings = model.get_input_embeddings()
+    for module in (embeddings, model):
+        hook = getattr(module, "_hf_hook", None)
+        for part in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+            device = getattr(part, "execution_device", None)
+            if device is not None:
+                return (
+                    torch.device("cuda", device)
+                    if isinstance(device, int)
+                    else torch.device(device)
+                )
+    return embeddings.weight.device
+
+
+def cuda_devices(model: torch.nn.Module) -> list[torch.device]:
+    """Every GPU that runs part of ``model``: those of its weights and buffers, and the GPUs of its
+    device map (where weights offloaded to the CPU or disk run)."""
+    devices = {tensor.device for tensor in (*model.parameters(), *model.buffers())}
+    for device in (getattr(model, "hf_device_map", None) or {}).values():
+        if isinstance(device, int):
+            devices.add(torch.device("cuda", device))
+        elif str(device).startswith("cuda"):
+            devices.add(torch.device(device))
+    devices = {torch.device("cuda", d.index or 0) for d in devices if d.type == "cuda"}
+    return sorted(devices, key=lambda d: d.index)
 
 
 def use_capture_attention(model: torch.nn.Module) -> None:
@@ -529,7 +686,7 @@ def forward_for_metrics(model: torch.nn.Module, input_ids: torch.Tensor) -> None
     ``stop_when_done`` the pass ends after the last recorded layer's queries and keys (on a
     Llama-3-8B capture the last layer's attention and MLP, 1/32 of the pass, are not computed)."""
     with contextlib.suppress(RecordingComplete):
-        model(input_ids=input_ids.to(model.device), use_cache=False, logits_to_keep=1)
+        model(input_ids=input_ids.to(input_device(model)), use_cache=False, logits_to_keep=1)
 
 
 @torch.inference_mode()
@@ -537,14 +694,15 @@ def capture_batch(
     model: torch.nn.Module, input_ids: torch.Tensor, settings: CaptureSettings
 ) -> dict[int, dict[str, torch.Tensor]]:
     """One forward pass of ``input_ids`` ``[B, T]``; returns per-layer ``[B, heads, T]`` metrics."""
-    gpu = model.device.type == "cuda"
+    gpus = cuda_devices(model)
     with AttentionRecorder(
-        model, settings, non_blocking_copies=gpu and NON_BLOCKING_COPIES, stop_when_done=True
+        model, settings, non_blocking_copies=bool(gpus) and NON_BLOCKING_COPIES, stop_when_done=True
     ) as recorder:
         forward_for_metrics(model, input_ids)
         layers = recorder.layers
-    if gpu:
-        torch.cuda.synchronize(model.device)  # every layer's copies to the host have landed
+    # Every layer's copies to the host have landed: each was queued on its own layer's GPU.
+    for device in gpus:
+        torch.cuda.synchronize(device)
     expected = len(recorder.modules)
     if len(layers) != expected:
         raise RuntimeError(
@@ -747,7 +905,7 @@ def prepare(
         len(tokens),
         tokens.shape[1],
         spec.name_or_path,
-        model.device,
+        ", ".join(map(str, cuda_devices(model))) or input_device(model),
         spec.dtype,
     )
     return table, tokens, model
@@ -782,7 +940,7 @@ def run_capture(
         **(metadata or {}),
         **architecture,
     }
-    threads = writer_threads_for(model.device)
+    threads = writer_threads_for(input_device(model))
     logger.info("Parquet row groups built and encoded on %d thread(s)", threads)
     rows = capture_to_parquet(
         model,

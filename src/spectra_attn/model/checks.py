@@ -23,7 +23,13 @@ import torch
 from spectra_attn.gates import TOLERANCES, require
 from spectra_attn.gates import CheckFailed as CheckFailed  # raised by require(); re-exported
 from spectra_attn.model.architectures import architecture_for
-from spectra_attn.model.capture import AttentionRecorder, CaptureSettings, ModelSpec, attention_edit
+from spectra_attn.model.capture import (
+    AttentionRecorder,
+    CaptureSettings,
+    ModelSpec,
+    attention_edit,
+    input_device,
+)
 from spectra_attn.model.intervention import TOKEN_METRICS, HeadSpec, QueryScaler
 from spectra_attn.model.metrics import MASKED_LOGIT
 
@@ -71,7 +77,7 @@ def baseline_sanity(
     scaler_class: type[QueryScaler] = QueryScaler,
 ) -> dict[str, Any]:
     """The model without a hook and with the hook at scale 1.0, on the same batch."""
-    input_ids = input_ids.to(model.device)
+    input_ids = input_ids.to(input_device(model))
     runs = []
     for factors in (None, torch.ones(len(input_ids))):
         recorder = AttentionRecorder(model, settings, layers={spec.layer}, heads=[spec.head])
@@ -98,7 +104,7 @@ def isolation(
     """Queries, keys and values of the target layer, as its attention uses them, with and without
     the intervention at ``scale``. (The query read there is post-RoPE; RoPE rotates each vector,
     so the ratio of scaled to baseline is the pre-RoPE one.)"""
-    input_ids = input_ids.to(model.device)
+    input_ids = input_ids.to(input_device(model))
 
     def record(factors):
         seen: dict[str, torch.Tensor] = {}
@@ -144,7 +150,7 @@ def temperature_identity(
     """The head's attention probabilities at each scale s against softmax(transform(s·a)) of its
     baseline scaled logits a, transform being the model's soft-cap and ALiBi bias (the identity
     elsewhere: softmax(s·a)); max absolute difference of probabilities."""
-    input_ids = input_ids.to(model.device)
+    input_ids = input_ids.to(input_device(model))
 
     def logits_with(factors):
         recorder = AttentionRecorder(

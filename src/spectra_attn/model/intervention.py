@@ -31,6 +31,7 @@ from spectra_attn.model.capture import (
     ModelSpec,
     attention_edit,
     attention_module,
+    input_device,
     token_mean,
 )
 
@@ -186,8 +187,7 @@ def sweep_batch(
 
     Returns tensors indexed [sample, scale, ...]: token metrics [n, S, T] and loss, kl [n, S].
     """
-    device = model.device
-    input_ids = input_ids.to(device)
+    input_ids = input_ids.to(input_device(model))
     n_samples, n_scales = input_ids.shape[0], len(scales)
     base_logits = model(input_ids=input_ids, use_cache=False).logits
     factors = torch.tensor(scales, dtype=torch.float32).repeat(n_samples)

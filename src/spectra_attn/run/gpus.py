@@ -80,7 +80,16 @@ def claim(count: int, poll_s: float = 0.5, wait_s: float | None = None) -> list[
     assigned = os.environ.get(VISIBLE_ENV)
     if assigned is not None:
         logger.info("%s=%s set by the scheduler: kept (no GPU lock taken)", VISIBLE_ENV, assigned)
-        return [device for device in assigned.split(",") if device]
+        ids = [device for device in assigned.split(",") if device]
+        if len(ids) < count:  # a model spread over `count` GPUs would spill into CPU memory
+            logger.warning(
+                "the job needs %d GPUs but the scheduler assigned %d (%s=%s)",
+                count,
+                len(ids),
+                VISIBLE_ENV,
+                assigned,
+            )
+        return ids
     devices = available_devices()
     if not devices:
         logger.info("no GPU listed (%s unset, no nvidia-smi): nothing to claim", DEVICES_ENV)

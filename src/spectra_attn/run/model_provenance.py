@@ -106,12 +106,21 @@ def collect(
 
 def collect_for_job(run: Mapping[str, Any] | None, spec: Any, manifest: str | Path) -> dict:
     """:func:`collect` for a model job: the model a ``capture.ModelSpec`` names, the shards'
-    manifest and the device the spec resolves to."""
-    return collect(
+    manifest and the device the spec resolves to (with how many GPUs a device map spreads the
+    model over)."""
+    device = resolve_device(spec.device)
+    record = collect(
         run,
         model=spec.name_or_path,
         revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,
         manifest=manifest,
-        device=resolve_device(spec.device),
+        device=device,
     )
+    device_map = getattr(spec, "device_map", None)
+    if device_map is not None and device.type == "cuda":
+        import torch
+
+        how = device_map if isinstance(device_map, str) else "explicit"
+        record["runtime"]["device"] += f" × {torch.cuda.device_count()}, device_map {how}"
+    return record
