@@ -179,12 +179,9 @@ def original_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -
 
 
 def overhead(args) -> None:
-    from spectra_attn.model.capture import (
-        CaptureSettings,
-        capture_to_parquet,
-        use_capture_attention,
-        writer_threads_for,
-    )
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import capture_to_parquet, writer_threads_for
+    from spectra_attn.model.loading import use_capture_attention
 
     torch.set_num_threads(args.threads)
     if args.arch != "llama" and not args.skip_seed:
@@ -297,12 +294,9 @@ def overhead(args) -> None:
 
 def one_length(args) -> None:
     """Child process: one sample of args.length tokens, plain forward or capture."""
-    from spectra_attn.model.capture import (
-        CaptureSettings,
-        capture_to_parquet,
-        use_capture_attention,
-        writer_threads_for,
-    )
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import capture_to_parquet, writer_threads_for
+    from spectra_attn.model.loading import use_capture_attention
 
     torch.set_num_threads(args.threads)
     model = bench_model("cpu")

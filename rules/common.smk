@@ -110,7 +110,7 @@ def tokenizer_settings():
 
 
 def model_settings():
-    """What identifies the model a job runs, spectra_attn.model.capture.ModelSpec's fields: a recorded
+    """What identifies the model a job runs, spectra_attn.model.loading.ModelSpec's fields: a recorded
     param, so changing the model, its dtype or revision, the device or the device map reruns
     every job that runs it. The script loads it from model_path. The device map's keys are
     there only when one is set, so that the params of a model on one device are as they were

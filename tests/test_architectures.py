@@ -30,15 +30,11 @@ from spectra_attn.model.architectures import (
     raw_shape,
     rope_style,
 )
-from spectra_attn.model.capture import (
-    AttentionRecorder,
-    CaptureSettings,
-    attention_modules,
-    capture_batch,
-    use_capture_attention,
-)
+from spectra_attn.model.attention import AttentionRecorder, CaptureSettings, attention_modules
+from spectra_attn.model.capture import capture_batch
 from spectra_attn.model.checks import isolation, temperature_identity
 from spectra_attn.model.intervention import HeadSpec, QueryScaler, sweep_batch
+from spectra_attn.model.loading import use_capture_attention
 
 from .test_capture import assert_matches
 from .test_intervention import BeforeNormScaler, TokenAxisScaler, WrongHeadScaler
@@ -489,7 +485,7 @@ def test_the_atlas_equals_the_sweep_through_the_cap_and_the_bias(name, captured)
     """The atlas scales a head's logits a → s·a before the model's cap and bias, as the sweep's
     scaled query does: their per-sample means agree (what check_atlas_vs_sweep compares)."""
     from spectra_attn.model.atlas import atlas_batch
-    from spectra_attn.model.capture import token_mean
+    from spectra_attn.model.attention import token_mean
 
     model = captured(name)
     input_ids = ids()
@@ -514,7 +510,7 @@ def test_falcon_needs_a_transformers_that_calls_the_attention_interface():
 def test_load_model_reads_a_saved_model_of_the_family(name, tmp_path):
     """From a folder, as a job loads it: the architecture and context are checked from the
     config (a multimodal Gemma-3's text config), the capture attention is set at load."""
-    from spectra_attn.model.capture import ModelSpec, check_model_fits, load_model
+    from spectra_attn.model.loading import ModelSpec, check_model_fits, load_model
 
     saved = tiny(name)
     saved.save_pretrained(tmp_path, safe_serialization=True)

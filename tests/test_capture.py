@@ -12,16 +12,13 @@ import pytest
 import torch
 import transformers
 
-from spectra_attn.model.capture import (
-    COLUMNS,
-    CaptureSettings,
+from spectra_attn.model.architectures import UnsupportedModelError
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import COLUMNS, capture_batch, run_capture, to_columns
+from spectra_attn.model.loading import (
     ModelSpec,
     UnsafeWeightsError,
-    UnsupportedModelError,
-    capture_batch,
     load_model,
-    run_capture,
-    to_columns,
     use_capture_attention,
 )
 
@@ -187,7 +184,8 @@ def test_capture_stops_after_the_last_layers_attention_with_the_same_metrics(rop
     MLP, final norm and head are not computed, and the metrics equal those of a recorder that
     lets the whole forward pass run."""
     from spectra_attn.model.atlas import atlas_batch
-    from spectra_attn.model.capture import AttentionRecorder, forward_for_metrics
+    from spectra_attn.model.attention import AttentionRecorder
+    from spectra_attn.model.capture import forward_for_metrics
 
     ids = input_ids()
     model = tiny_model("llama")
@@ -420,7 +418,9 @@ def test_a_failed_write_stops_capture_and_leaves_no_file(
 KILLED_CAPTURE = """
 import os, signal, sys
 import spectra_attn.model.capture as capture
-from spectra_attn.model.capture import CaptureSettings, ModelSpec, run_capture
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import run_capture
+from spectra_attn.model.loading import ModelSpec
 
 batches = []
 real = capture.to_columns
@@ -500,7 +500,7 @@ def test_shards_from_another_tokenizer_fail_before_the_model_loads(
     small.mkdir()
     (small / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(
-        "spectra_attn.model.capture.load_model", lambda *a, **k: pytest.fail("loaded")
+        "spectra_attn.model.loading.load_model", lambda *a, **k: pytest.fail("loaded")
     )
     with pytest.raises(ValueError, match="outside the model's vocabulary of 50"):
         capture_range(small, manifest, tmp_path / "x.parquet", 0, 2)

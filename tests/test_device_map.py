@@ -21,19 +21,20 @@ import pandas as pd
 import pytest
 import torch
 
+import spectra_attn.model.attention as attention
 import spectra_attn.model.capture as capture
 from spectra_attn.model.atlas import atlas_table
-from spectra_attn.model.capture import (
-    CaptureSettings,
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import capture_batch
+from spectra_attn.model.checks import baseline_sanity, isolation, temperature_identity
+from spectra_attn.model.intervention import HeadSpec, run_sweep
+from spectra_attn.model.loading import (
     ModelSpec,
-    capture_batch,
     cuda_devices,
     input_device,
     load_model,
     placement_kwargs,
 )
-from spectra_attn.model.checks import baseline_sanity, isolation, temperature_identity
-from spectra_attn.model.intervention import HeadSpec, run_sweep
 
 from .test_capture import input_ids, tiny_model, write_shards
 
@@ -187,13 +188,13 @@ def test_capture_waits_for_the_copies_of_every_gpu(one_device, monkeypatch):
     synchronized, non_blocking = [], []
     monkeypatch.setattr(capture, "cuda_devices", lambda model: gpus)
     monkeypatch.setattr(torch.cuda, "synchronize", synchronized.append)
-    original = capture.head_metrics
+    original = attention.head_metrics
 
     def spy(*args, **kwargs):
         non_blocking.append(kwargs["non_blocking"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(capture, "head_metrics", spy)
+    monkeypatch.setattr(attention, "head_metrics", spy)
     capture_batch(one_device, input_ids(batch=1), CaptureSettings())
     assert synchronized == gpus
     assert non_blocking == [True, True]

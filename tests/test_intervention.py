@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spectra_attn.model.capture import CaptureSettings, capture_batch, use_capture_attention
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import capture_batch
 from spectra_attn.model.checks import (
     CheckFailed,
     baseline_sanity,
@@ -23,6 +24,7 @@ from spectra_attn.model.intervention import (
     sweep_batch,
     trend_analysis,
 )
+from spectra_attn.model.loading import use_capture_attention
 
 from .test_capture import input_ids, tiny_model
 

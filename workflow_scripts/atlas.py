@@ -3,7 +3,8 @@
 import torch
 
 from spectra_attn.model.atlas import run_atlas
-from spectra_attn.model.capture import CaptureSettings, ModelSpec
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.loading import ModelSpec
 
 
 def main(snakemake) -> None:

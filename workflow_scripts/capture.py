@@ -3,7 +3,9 @@
 import torch
 
 from spectra_attn import provenance
-from spectra_attn.model.capture import CaptureSettings, ModelSpec, run_capture
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import run_capture
+from spectra_attn.model.loading import ModelSpec
 from spectra_attn.run import model_provenance
 
 

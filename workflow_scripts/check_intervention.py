@@ -2,9 +2,10 @@
 
 import torch
 
-from spectra_attn.model.capture import CaptureSettings, ModelSpec
+from spectra_attn.model.attention import CaptureSettings
 from spectra_attn.model.checks import run_check
 from spectra_attn.model.intervention import HeadSpec
+from spectra_attn.model.loading import ModelSpec
 
 
 def main(snakemake) -> None:

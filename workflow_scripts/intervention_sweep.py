@@ -3,8 +3,9 @@
 import torch
 
 from spectra_attn import provenance
-from spectra_attn.model.capture import CaptureSettings, ModelSpec
+from spectra_attn.model.attention import CaptureSettings
 from spectra_attn.model.intervention import HeadSpec, run_head_sweep
+from spectra_attn.model.loading import ModelSpec
 from spectra_attn.run import model_provenance
 
 

@@ -1,4 +1,7 @@
-"""The ``spectra`` command: the workflow's stages for use outside Snakemake."""
+"""The ``spectra`` command: the workflow's stages for use outside Snakemake.
+
+Each subcommand imports what it runs inside its handler, so that ``spectra --help`` and
+``spectra config show`` start in a moment and never load torch, transformers or boto3."""
 
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ def _find_manifest(shards: Path) -> Path:
 
 
 def _model_spec(args: argparse.Namespace):
-    from spectra_attn.model.capture import ModelSpec
+    from spectra_attn.model.loading import ModelSpec
 
     return ModelSpec(
         args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
@@ -103,7 +106,8 @@ def _capture(args: argparse.Namespace) -> int:
     from spectra_attn.analysis.capture_csv import export_original_csv
     from spectra_attn.data.samples import sample_table
     from spectra_attn.io import write_parquet
-    from spectra_attn.model.capture import CaptureSettings, run_capture
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import run_capture
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     manifest = _find_manifest(Path(args.shards))
@@ -136,7 +140,7 @@ def _intervene(args: argparse.Namespace) -> int:
     import logging
 
     from spectra_attn.gates import CHECKS
-    from spectra_attn.model.capture import CaptureSettings
+    from spectra_attn.model.attention import CaptureSettings
     from spectra_attn.model.checks import run_check
     from spectra_attn.model.intervention import HeadSpec, run_head_sweep
 

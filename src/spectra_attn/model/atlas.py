@@ -17,14 +17,15 @@ import pandas as pd
 import torch
 
 from spectra_attn.columns import GAIN_METRICS
-from spectra_attn.model.capture import (
+from spectra_attn.io import write_parquet
+from spectra_attn.model.attention import (
     AttentionRecorder,
     CaptureSettings,
-    ModelSpec,
-    forward_for_metrics,
     head_metrics,
     token_mean,
 )
+from spectra_attn.model.capture import forward_for_metrics
+from spectra_attn.model.loading import ModelSpec, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +102,6 @@ def run_atlas(
     batch_size: int = 8,
 ) -> None:
     """The atlas job of one range of samples: one Parquet part, written atomically."""
-    from spectra_attn.io import write_parquet
-    from spectra_attn.model.capture import prepare
-
     table, tokens, loaded = prepare(model, manifest_path, sample_start, sample_stop)
     logger.info("atlas scales %s, %s", scales, settings)
     rows = atlas_table(loaded, tokens, table["sample_id"].to_numpy(), settings, scales, batch_size)

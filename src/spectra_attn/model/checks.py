@@ -22,15 +22,11 @@ import torch
 
 from spectra_attn.gates import TOLERANCES, require
 from spectra_attn.gates import CheckFailed as CheckFailed  # raised by require(); re-exported
+from spectra_attn.io import write_json
 from spectra_attn.model.architectures import architecture_for
-from spectra_attn.model.capture import (
-    AttentionRecorder,
-    CaptureSettings,
-    ModelSpec,
-    attention_edit,
-    input_device,
-)
-from spectra_attn.model.intervention import TOKEN_METRICS, HeadSpec, QueryScaler
+from spectra_attn.model.attention import AttentionRecorder, CaptureSettings, attention_edit
+from spectra_attn.model.intervention import TOKEN_METRICS, HeadSpec, QueryScaler, check_heads
+from spectra_attn.model.loading import ModelSpec, input_device, prepare
 from spectra_attn.model.metrics import MASKED_LOGIT
 
 
@@ -193,10 +189,6 @@ def run_check(
     CheckFailed if it did not pass (after logging the whole report)."""
     import json
     import logging
-
-    from spectra_attn.io import write_json
-    from spectra_attn.model.capture import prepare
-    from spectra_attn.model.intervention import check_heads
 
     logger = logging.getLogger(__name__)
     _, tokens, loaded = prepare(

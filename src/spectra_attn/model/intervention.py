@@ -24,16 +24,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from spectra_attn.io import write_csv, write_parquet
 from spectra_attn.model.architectures import text_config
-from spectra_attn.model.capture import (
+from spectra_attn.model.attention import (
     AttentionRecorder,
     CaptureSettings,
-    ModelSpec,
     attention_edit,
     attention_module,
-    input_device,
     token_mean,
 )
+from spectra_attn.model.loading import ModelSpec, input_device, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def check_heads(heads: list[HeadSpec], model_config: Any) -> None:
 class QueryScaler:
     """While active, multiplies head ``head`` of layer ``layer``'s query by ``scales[b]`` for
     batch element ``b``, in the capture attention function (the model must use it:
-    :func:`~spectra_attn.model.capture.use_capture_attention`)."""
+    :func:`~spectra_attn.model.loading.use_capture_attention`)."""
 
     def __init__(self, model: torch.nn.Module, layer: int, head: int, scales: torch.Tensor):
         self.model = model
@@ -352,9 +352,6 @@ def run_head_sweep(
     """The sweep job of one head: writes ``outputs`` (tokens, sweep Parquet with ``metadata`` in
     their key-value metadata; scale_summary, trends CSV), each atomically. Returns the trend
     analysis."""
-    from spectra_attn.io import write_csv, write_parquet
-    from spectra_attn.model.capture import prepare
-
     table, tokens, loaded = prepare(
         model, manifest_path, 0, n_samples, lambda config: check_heads([spec], config)
     )

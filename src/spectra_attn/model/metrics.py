@@ -88,7 +88,7 @@ def _row_metrics_torch(logits: torch.Tensor, k_eff_threshold: float) -> RowMetri
 
 
 def _row_metrics_cpu(logits: torch.Tensor, k_eff_threshold: float) -> RowMetrics:
-    from spectra_attn.model import cpu_kernels
+    from spectra_attn.model import cpu_kernels  # lazy: Numba compiles it; a GPU job never needs it
 
     z = logits.detach().float().contiguous()
     shape, keys = z.shape[:-1], z.shape[-1]
@@ -331,7 +331,7 @@ def _attention_metrics_cpu(
     sliding_window: int | None,
 ) -> RowMetrics:
     """The CPU kernel that computes the logits itself (:func:`cpu_kernels.attention_metrics`)."""
-    from spectra_attn.model import cpu_kernels
+    from spectra_attn.model import cpu_kernels  # lazy: Numba compiles it; a GPU job never needs it
 
     lead, (length, dim) = query.shape[:-2], query.shape[-2:]
     if _shares_keys(query, key):

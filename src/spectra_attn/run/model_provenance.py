@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from spectra_attn.io import sha256_file_remembered
-from spectra_attn.model.capture import resolve_device
+from spectra_attn.model.loading import resolve_device
 from spectra_attn.provenance import combined_sha256, corpus_identity
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def collect(
 
 
 def collect_for_job(run: Mapping[str, Any] | None, spec: Any, manifest: str | Path) -> dict:
-    """:func:`collect` for a model job: the model a ``capture.ModelSpec`` names, the shards'
+    """:func:`collect` for a model job: the model a ``loading.ModelSpec`` names, the shards'
     manifest and the device the spec resolves to (with how many GPUs a device map spreads the
     model over)."""
     device = resolve_device(spec.device)
