@@ -11,7 +11,7 @@ TORCH_INDEX_URL ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit lock test-oldest-transformers
+.PHONY: setup demo test lint unit docs lock test-oldest-transformers
 
 $(BIN)/spectra: pyproject.toml requirements/constraints.txt scripts/install.sh
 	PYTHON="$(PYTHON)" TORCH="$(TORCH)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
@@ -35,6 +35,11 @@ unit: setup
 
 test: lint
 	$(BIN)/pytest
+
+# docs/configuration.md, rendered from the schema: run after editing it (tests/test_docs.py fails
+# while the page and the schema disagree).
+docs: setup
+	$(BIN)/python -m spectra_attn.config_doc docs/configuration.md
 
 # After upgrading .venv on purpose (and the tests passing): record its versions as the constraints.
 lock: setup

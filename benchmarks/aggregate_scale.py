@@ -1,14 +1,16 @@
-"""Aggregation of the seed's main run size: 64 samples × 32 layers × 32 heads × 512 tokens =
-33,554,432 rows (synthetic values), on this machine: wall time and peak memory.
+"""Aggregation of the original project's main run size: 64 samples × 32 layers × 32 heads × 512
+tokens = 33,554,432 rows (synthetic values), on this machine: wall time and peak memory.
 
     .venv/bin/python benchmarks/aggregate_scale.py [--work /tmp/spectra_agg] [--skip-pandas]
 
 Data: 4 capture parts of 16 samples (Parquet, zstd, the capture's schema; entropy null at the
-first 2 positions), and the same rows as the seed's CSV. Each measurement runs in a fresh
-subprocess; peak memory is that process's maximum resident set size.
-  * ``duckdb``: spectra_attn.aggregate — partial_aggregate of each part (the map jobs, run one
+first 2 positions), and the same rows as the original project's CSV. Each measurement runs in a
+fresh subprocess; peak memory is that process's maximum resident set size.
+  * ``duckdb``: spectra_attn.analysis.aggregate — partial_aggregate of each part (the map jobs, run
+  one
     after the other here), then reduce_aggregates (merge, quantiles, Spearman ρ, exports);
-  * ``pandas``: the seed's way — pandas.read_csv of the CSV, then per-(layer, head) mean, std,
+  * ``pandas``: the original project's way — pandas.read_csv of the CSV, then per-(layer, head)
+  mean, std,
     quantiles, Pearson and Spearman correlation with groupby.
 """
 
@@ -65,17 +67,17 @@ def generate(work: Path) -> None:
         }
         table = pa.table(columns)
         pq.write_table(table, work / f"part_{part:04d}.parquet", compression="zstd")
-        seed_columns = table.select(list(columns)[:8])
+        original_columns = table.select(list(columns)[:8])
         if csv_writer is None:
-            csv_writer = pacsv.CSVWriter(work / "attention_metrics.csv", seed_columns.schema)
-        csv_writer.write_table(seed_columns)
+            csv_writer = pacsv.CSVWriter(work / "attention_metrics.csv", original_columns.schema)
+        csv_writer.write_table(original_columns)
         print(f"generated part {part}", flush=True)
     csv_writer.close()
     (work / "done").write_text("ok")
 
 
 def run_duckdb(work: Path) -> None:
-    from spectra_attn.aggregate import partial_aggregate, reduce_aggregates
+    from spectra_attn.analysis.aggregate import partial_aggregate, reduce_aggregates
 
     parts = [str(work / f"part_{i:04d}.parquet") for i in range(PARTS)]
     partials = [str(work / "partials" / f"part_{i:04d}") for i in range(PARTS)]

@@ -12,7 +12,8 @@ Bench model: a Llama config with hidden 256, 8 layers, 8 heads, 2 KV heads, voca
     ``logits_to_keep=1``, SDPA attention), no hooks, nothing written;
   * ``capture``: ``capture_to_parquet`` — all four metrics and the two gains of every layer,
     head and token, pre-RoPE, written to a zstd Parquet file;
-  * ``seed``: the seed's way — forward hooks on each layer's input norm, per-layer recompute of
+  * ``seed``: the original project's way — forward hooks on each layer's input norm, per-layer
+  recompute of
     pre-RoPE q/k and the full [heads, T, T] softmax, the metrics by masked_fill/sort, rows appended
     to a CSV with pandas.
   * ``capture_torch_ops`` (with ``--torch-ops``): capture with the metrics as composed torch
@@ -48,7 +49,7 @@ import spectra_attn  # noqa: F401
 import numpy as np
 import torch
 
-import spectra_attn.metrics as metrics
+import spectra_attn.model.metrics as metrics
 
 BENCH = dict(
     hidden_size=256,
@@ -111,9 +112,9 @@ def plain_forward(model, tokens: np.ndarray, batch_size: int) -> None:
         torch.cuda.synchronize()
 
 
-def seed_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> None:
-    """The seed's AttentionProfiler: hooks on input_layernorm, per-layer pre-RoPE recompute,
-    full softmax, metrics with masked_fill and sort, pandas rows appended to a CSV."""
+def original_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> None:
+    """The original project's AttentionProfiler: hooks on input_layernorm, per-layer pre-RoPE
+    recompute, full softmax, metrics with masked_fill and sort, pandas rows appended to a CSV."""
     import pandas as pd
 
     config = model.config
@@ -178,16 +179,15 @@ def seed_style(model, tokens: np.ndarray, batch_size: int, csv_path: Path) -> No
 
 
 def overhead(args) -> None:
-    from spectra_attn.capture import (
-        CaptureSettings,
-        capture_to_parquet,
-        use_capture_attention,
-        writer_threads_for,
-    )
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import capture_to_parquet, writer_threads_for
+    from spectra_attn.model.loading import use_capture_attention
 
     torch.set_num_threads(args.threads)
     if args.arch != "llama" and not args.skip_seed:
-        raise SystemExit("--arch other than llama needs --skip-seed (the seed's way is Llama's)")
+        raise SystemExit(
+            "--arch other than llama needs --skip-seed (the original project's way is Llama's)"
+        )
     model = bench_model(args.device, args.arch)
     plain = PLAIN_ATTENTION[args.arch]
     generator = np.random.default_rng(0)
@@ -248,8 +248,8 @@ def overhead(args) -> None:
                 metrics.CPU_KERNEL = True
 
         # Each run of a way follows a plain forward pass, which its paired ratio divides by: the
-        # seed's way leaves the process slower for a while, and a forward measured right after it
-        # made every ratio look better than it is.
+        # original project's way leaves the process slower for a while, and a forward measured
+        # right after it made every ratio look better than it is.
         for repeat in range(args.repeats):
             timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
             timed("capture", lambda: capture(f"{tmp}/capture.parquet"))
@@ -260,7 +260,9 @@ def overhead(args) -> None:
             if not args.skip_seed:
                 path = Path(tmp) / f"seed_{repeat}.csv"
                 timed("forward", lambda: plain_forward(model, tokens, args.batch_size))
-                timed("seed", lambda path=path: seed_style(model, tokens, args.batch_size, path))
+                timed(
+                    "seed", lambda path=path: original_style(model, tokens, args.batch_size, path)
+                )
         rows = written[-1]
     forward = statistics.median(timings["forward"])
     print(
@@ -292,19 +294,16 @@ def overhead(args) -> None:
 
 def one_length(args) -> None:
     """Child process: one sample of args.length tokens, plain forward or capture."""
-    from spectra_attn.capture import (
-        CaptureSettings,
-        capture_to_parquet,
-        use_capture_attention,
-        writer_threads_for,
-    )
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import capture_to_parquet, writer_threads_for
+    from spectra_attn.model.loading import use_capture_attention
 
     torch.set_num_threads(args.threads)
     model = bench_model("cpu")
     tokens = np.random.default_rng(0).integers(1, 4096, size=(1, args.length), dtype=np.int32)
     if args.mode == "capture":
         # Load the CPU kernels (Numba, from its cache) first: a fixed cost, not one of T.
-        from spectra_attn.metrics import row_metrics
+        from spectra_attn.model.metrics import row_metrics
 
         row_metrics(torch.zeros(2, 16))
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

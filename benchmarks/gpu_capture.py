@@ -105,7 +105,9 @@ def reference_metrics(p: np.ndarray, skip: int) -> dict[str, np.ndarray]:
 
 
 def check_against_eager(model, tokens: np.ndarray, device: torch.device) -> dict:
-    from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import capture_batch
+    from spectra_attn.model.loading import use_capture_attention
 
     settings = CaptureSettings(rope="post")
     ids = torch.from_numpy(tokens.astype(np.int64))
@@ -133,8 +135,8 @@ def check_against_eager(model, tokens: np.ndarray, device: torch.device) -> dict
 
 def check_against_cpu_kernel(model, tokens: np.ndarray, device: torch.device) -> dict:
     """One layer's pre-RoPE logits: the device's implementation against the CPU's fused kernel."""
-    from spectra_attn.capture import pre_rope_source
-    from spectra_attn.metrics import (
+    from spectra_attn.model.attention import pre_rope_source
+    from spectra_attn.model.metrics import (
         METRIC_NAMES,
         _row_metrics_cpu,
         _row_metrics_torch,
@@ -179,12 +181,9 @@ def plain_forward(model, tokens: np.ndarray, batch_size: int, device: torch.devi
 
 
 def timings(model, tokens, batch_size, repeats, device, block) -> dict:
-    from spectra_attn.capture import (
-        CaptureSettings,
-        capture_to_parquet,
-        use_capture_attention,
-        writer_threads_for,
-    )
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import capture_to_parquet, writer_threads_for
+    from spectra_attn.model.loading import use_capture_attention
 
     settings = CaptureSettings(rope="pre", query_block_size=block)
     sample_ids = np.arange(len(tokens))
@@ -254,17 +253,19 @@ def timings(model, tokens, batch_size, repeats, device, block) -> dict:
 def metrics_only(model, tokens, batch_size, repeats, device, block) -> dict:
     """Capture with nothing written: forward passes, metrics and their copies to the host; also
     with each layer's copies waited for (``NON_BLOCKING_COPIES = False``), alternating."""
-    import spectra_attn.capture as capture
+    import spectra_attn.model.capture as capture
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.loading import use_capture_attention
 
-    settings = capture.CaptureSettings(rope="pre", query_block_size=block)
-    whole = capture.CaptureSettings(rope="pre", query_block_size=tokens.shape[1])
+    settings = CaptureSettings(rope="pre", query_block_size=block)
+    whole = CaptureSettings(rope="pre", query_block_size=tokens.shape[1])
     # name: (copies queued, settings)
     ways = {
         "queued_copies": (True, settings),
         "copies_waited_per_layer": (False, settings),
         "queued_copies_one_query_block": (True, whole),
     }
-    capture.use_capture_attention(model)
+    use_capture_attention(model)
     runs: dict[str, list[float]] = {name: [] for name in ways}
     try:
         for _ in range(repeats):
@@ -307,7 +308,9 @@ def profile_batch(model, tokens, batch_size, device, block, path: Path) -> None:
     """Operators of one captured batch (nothing written), by device time, into ``path``."""
     from torch.profiler import ProfilerActivity, profile
 
-    from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import capture_batch
+    from spectra_attn.model.loading import use_capture_attention
 
     settings = CaptureSettings(rope="pre", query_block_size=block)
     use_capture_attention(model)

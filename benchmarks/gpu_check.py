@@ -16,13 +16,17 @@ results (``gpu_check.json`` is rewritten after each):
 3. ``slots``: two capture jobs asked for at once (``--resources gpu=2``) on the GPUs nvidia-smi
    lists: each job's log names its device, and no two jobs hold one device at the same time (on a
    one-GPU machine the second waits for the first).
-4. ``gpu_capture``: ``benchmarks/gpu_capture.py`` (Llama-3-8B-shaped checks and timings) with the
+4. ``device_map``: on a machine with two GPUs or more, the same capture part and sweep with the
+   demo model split over two of them (model.device_map: layers 0-1 on the first, 2-3 on the
+   second; model.gpus: 2), compared with the one-GPU run's (they should be equal). Skipped, with
+   the reason, on fewer GPUs.
+5. ``gpu_capture``: ``benchmarks/gpu_capture.py`` (Llama-3-8B-shaped checks and timings) with the
    time left; it writes ``gpu_capture.json`` and ``gpu_profile.txt``.
 
 Needs PyTorch, transformers, numpy, numba, pandas, pyarrow and matplotlib, which the lent GPU
-machines have. Snakemake and what it needs, duckdb, zstandard, scipy and seaborn are installed from
-``--wheels`` (a folder of wheels made beforehand, see ../shared/gpu-wheels.md) into a scratch
-folder when they are not importable; ``gpu_check.json`` lists which were.
+machines have. Snakemake and what it needs, duckdb, zstandard, scipy, seaborn and accelerate are
+installed from ``--wheels`` (a folder of wheels made beforehand, see ../shared/gpu-wheels.md) into
+a scratch folder when they are not importable; ``gpu_check.json`` lists which were.
 """
 
 from __future__ import annotations
@@ -43,13 +47,39 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ("Snakefile", "rules", "workflow_scripts", "envs", "report", "config.yaml")
-NEEDED = ("snakemake", "duckdb", "zstandard", "scipy", "seaborn", "yaml", "jsonschema")
+NEEDED = (
+    "snakemake",
+    "duckdb",
+    "zstandard",
+    "scipy",
+    "seaborn",
+    "yaml",
+    "jsonschema",
+    "accelerate",
+)
 METRICS = ("query_norm", "entropy", "max_attn", "k_eff")
 # A run small enough to leave the benchmark most of the 9 minutes, large enough to use every rule.
 CHECK_CONFIG = {
     "capture": {"n_samples": 16, "samples_per_job": 8},
     "intervention": {"n_samples": 8, "check_samples": 2},
     "gain": {"bootstrap_samples": 500},
+}
+# The demo model (4 decoder layers) split over two GPUs, for the device_map step.
+SPLIT_CONFIG = {
+    "run_name": "split",
+    "model": {
+        "device_map": {
+            "model.embed_tokens": 0,
+            "model.rotary_emb": 0,
+            "model.layers.0": 0,
+            "model.layers.1": 0,
+            "model.layers.2": 1,
+            "model.layers.3": 1,
+            "model.norm": 1,
+            "lm_head": 1,
+        },
+        "gpus": 2,
+    },
 }
 QUICK_CONFIG = {  # the CPU rehearsal: the same steps on a model trained for a few steps
     "capture": {"n_samples": 4, "samples_per_job": 2},
@@ -253,6 +283,40 @@ def main() -> None:
         step["output"] = step["output"][-3000:]
         step["jobs"] = job_devices(workdir / "results" / "demo" / "logs" / "capture")
         report["steps"]["slots"] = step
+        save()
+
+    if "device_map" not in args.skip and demo_done:
+        from spectra_attn.run.gpus import available_devices
+
+        gpus = available_devices()  # nvidia-smi's list: CUDA is not started in this process
+        if len(gpus) < 2 or args.quick:
+            reason = "the CPU rehearsal" if args.quick else f"{len(gpus)} GPU(s)"
+            step = {"skipped": f"{reason}: splitting the model needs 2 GPUs"}
+        else:
+            import yaml
+
+            (workdir / "split.yaml").write_text(yaml.safe_dump(SPLIT_CONFIG))
+            targets = [
+                "results/split/capture/part_0000.parquet",
+                "results/split/intervention/L2_H0/sweep.parquet",
+            ]
+            files = ["--configfile", "check.yaml", "split.yaml", "--cores", cores]
+            step = snakemake(workdir, [*targets, *files, "--resources", "gpu=2"], left(110))
+            step["output"] = step["output"][-3000:]
+            if step["rc"] == 0:
+                one, split = workdir / "results" / "demo", workdir / "results" / "split"
+                step["capture"] = compare_tables(
+                    one / "capture" / "part_0000.parquet",
+                    split / "capture" / "part_0000.parquet",
+                    ["sample_id", "layer", "head", "token_pos"],
+                )
+                step["sweep"] = compare_tables(
+                    one / "intervention" / "L2_H0" / "sweep.parquet",
+                    split / "intervention" / "L2_H0" / "sweep.parquet",
+                    ["layer", "head", "role", "scale", "sample_id"],
+                )
+                step["jobs"] = job_devices(split / "logs")
+        report["steps"]["device_map"] = step
         save()
 
     if "gpu_capture" not in args.skip:

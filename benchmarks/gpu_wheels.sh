@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The wheels benchmarks/gpu_check.py needs on a lent GPU machine (Python 3.12, no network, PyTorch,
 # transformers, numpy, numba, pandas, pyarrow, scipy, matplotlib, seaborn ... preinstalled): Snakemake
-# and what it imports, duckdb and zstandard, as cp312 manylinux wheels in .whl/ (git-ignored through
-# .git/info/exclude; carry it with the device call). About 45 MB. See ../shared/gpu-wheels.md.
+# and what it imports, duckdb, zstandard, and accelerate with psutil (a device map's layer split), as
+# cp312 manylinux wheels in .whl/ (git-ignored through .git/info/exclude; carry it with the device
+# call). About 46 MB. See ../shared/gpu-wheels.md.
 #   bash benchmarks/gpu_wheels.sh && du -sh .whl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ names=(snakemake snakemake-interface-common snakemake-interface-executor-plugins
     ConfigArgParse docutils dpath GitPython gitdb smmap humanfriendly immutables jsonschema
     jsonschema-specifications referencing rpds-py nbformat fastjsonschema jupyter_core traitlets
     platformdirs PuLP smart_open sqlmodel SQLAlchemy greenlet pydantic pydantic_core
-    annotated-types typing-inspection tenacity throttler yte argparse-dataclass duckdb zstandard)
+    annotated-types typing-inspection tenacity throttler yte argparse-dataclass duckdb zstandard
+    accelerate psutil)
 pins=()
 for name in "${names[@]}"; do
     version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$name'))")

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from capture_overhead import bench_model
 
-from spectra_attn.capture import AttentionRecorder, CaptureSettings, use_capture_attention
-from spectra_attn.intervention import HeadSpec, QueryScaler, output_effects, sweep_batch
+from spectra_attn.model.attention import AttentionRecorder, CaptureSettings
+from spectra_attn.model.intervention import HeadSpec, QueryScaler, output_effects, sweep_batch
+from spectra_attn.model.loading import use_capture_attention
 
 SCALES = [0.5, 0.75, 1.0, 1.25, 1.5]
 SPEC = HeadSpec(layer=4, head=3)

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spectra_attn.capture import PARQUET_OPTIONS, parquet_schema, row_group_tables, to_columns
-from spectra_attn.parquet_parts import PartsWriter
+from spectra_attn.model.capture import PARQUET_OPTIONS, parquet_schema, row_group_tables, to_columns
+from spectra_attn.model.parquet_parts import PartsWriter
 
 
 def batch_layers(batch: int, layers: int, heads: int, length: int) -> dict:

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/preprocess_throughput.py [--source DIR] [--split train]
         [--tokenizer DIR] [--repeats 3] [--threads 2]
 
-The pipeline run (``spectra_attn.shards.preprocess``) reads and decompresses the raw files, parses
-JSON, filters by source, tokenizes, chunks and writes validated shards. The baselines only encode
-the kept documents' texts, already in memory, in batches of the same size:
+The pipeline run (``spectra_attn.data.shards.preprocess``) reads and decompresses the raw files,
+parses JSON, filters by source, tokenizes, chunks and writes validated shards. The baselines only
+encode the kept documents' texts, already in memory, in batches of the same size:
   * ``hf_call``: ``tokenizer(texts, add_special_tokens=False)`` (the transformers API);
   * ``backend``: ``tokenizer.backend_tokenizer.encode_batch(texts)`` (the Rust tokenizer alone).
 Runs alternate (baseline, pipeline, baseline, ...) and the median of each is reported, so the
@@ -37,8 +37,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from spectra_attn.corpus import find_split_files, iter_documents
-    from spectra_attn.shards import preprocess
+    from spectra_attn.data.corpus import find_split_files, iter_documents
+    from spectra_attn.data.shards import preprocess
 
     files = find_split_files(args.source, args.split)
     texts = [d.text for d in iter_documents(files) if d.source in INCLUDE]

@@ -20,7 +20,12 @@ import time
 
 import torch
 
-from spectra_attn.metrics import METRIC_NAMES, _row_metrics_cpu, _row_metrics_torch, causal_logits
+from spectra_attn.model.metrics import (
+    METRIC_NAMES,
+    _row_metrics_cpu,
+    _row_metrics_torch,
+    causal_logits,
+)
 
 
 def main() -> None:

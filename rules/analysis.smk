@@ -21,7 +21,7 @@ rule atlas:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=model_gpus(),
         batch_size=config["capture"]["batch_size"],
         query_block_size=config["capture"]["query_block_size"],
     params:
@@ -117,9 +117,11 @@ rule plots:
             caption="../report/heatmap_atlas_gain.rst",
             category="Gain",
         ),
+        # The query-norm–entropy correlation per head ("phase 0" in the original project: the
+        # file keeps that name, which users' scripts read).
         correlation=report(
             f"{RUN}/plots/heatmap_phase0_correlation.png",
-            caption="../report/heatmap_phase0_correlation.rst",
+            caption="../report/heatmap_qnorm_entropy_correlation.rst",
             category="Capture",
         ),
         heatmaps=report(

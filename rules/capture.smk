@@ -36,7 +36,7 @@ rule capture:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=model_gpus(),
         batch_size=config["capture"]["batch_size"],
         query_block_size=config["capture"]["query_block_size"],
     params:

@@ -10,13 +10,13 @@ from snakemake.exceptions import WorkflowError
 
 # Importing the package also sets OMP_WAIT_POLICY for the jobs (see spectra_attn/__init__.py).
 from spectra_attn import config as spectra_config
-from spectra_attn import preflight
+from spectra_attn.run import preflight
 from spectra_attn import provenance as spectra_provenance
-from spectra_attn import shards as spectra_shards
-from spectra_attn.corpus import hub_cache_dir, is_hub_id
+from spectra_attn.data import shards as spectra_shards
+from spectra_attn.data.corpus import hub_cache_dir, is_hub_id
 from spectra_attn.gates import ATLAS_TOLERANCES, CHECKS
-from spectra_attn.samples import sample_ranges
-from spectra_attn.workflow import package_modules, stale_lock_hint
+from spectra_attn.data.samples import sample_ranges
+from spectra_attn.run.workflow import package_modules, stale_lock_hint
 
 # The package's validator (same schema as `spectra config show`) fills defaults and names every
 # unknown or invalid key at once, before any job is scheduled; then what the files can tell
@@ -110,16 +110,30 @@ def tokenizer_settings():
 
 
 def model_settings():
-    """What identifies the model a job runs, spectra_attn.capture.ModelSpec's fields: a recorded
-    param, so changing the model, its dtype or revision, or the device reruns every job that
-    runs it. The script loads it from model_path."""
-    return {
-        "name_or_path": config["model"]["name_or_path"],
-        "dtype": config["model"]["dtype"],
+    """What identifies the model a job runs, spectra_attn.model.loading.ModelSpec's fields: a recorded
+    param, so changing the model, its dtype or revision, the device or the device map reruns
+    every job that runs it. The script loads it from model_path. The device map's keys are
+    there only when one is set, so that the params of a model on one device are as they were
+    before the keys existed (and its finished jobs do not rerun)."""
+    model = config["model"]
+    settings = {
+        "name_or_path": model["name_or_path"],
+        "dtype": model["dtype"],
         "device": config["device"],
-        "revision": config["model"]["revision"],
-        "trust_remote_code": config["model"]["trust_remote_code"],
+        "revision": model["revision"],
+        "trust_remote_code": model["trust_remote_code"],
     }
+    if model["device_map"] is not None:
+        settings["device_map"] = model["device_map"]
+        settings["max_memory_per_gpu"] = model["max_memory_per_gpu"]
+    return settings
+
+
+def model_gpus():
+    """The `gpu` resource of a model job: model.gpus, which the job claims
+    (spectra_attn.run.workflow.claim_job_gpus) and its device map spreads the layers over. A
+    resource, not a param: it changes where layers run, not what they compute."""
+    return config["model"]["gpus"]
 
 
 CAPTURE_RANGES = sample_ranges(
@@ -185,7 +199,7 @@ def head_entry(wildcards):
 
 
 def head_spec(wildcards):
-    """The job's head: spectra_attn.intervention.HeadSpec's fields."""
+    """The job's head: spectra_attn.model.intervention.HeadSpec's fields."""
     entry = head_entry(wildcards)
     return {"layer": entry["layer"], "head": entry["head"], "role": entry["role"]}
 
@@ -274,7 +288,7 @@ def selected_heads_file(wildcards):
 
 
 def verdict_settings():
-    """What the verdict page says about the run: spectra_attn.verdict.Settings's fields."""
+    """What the verdict page says about the run: spectra_attn.analysis.verdict.Settings's fields."""
     return {
         "select": config["intervention"]["select"],
         "model": config["model"]["name_or_path"],

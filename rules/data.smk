@@ -22,10 +22,10 @@ rule fetch_dataset:
 
 
 # cache: True: with `snakemake --cache`, a checkout that would make the same shards links them from
-# $SNAKEMAKE_OUTPUT_CACHE (README, "Sharing shards and the demo model between checkouts"). The key
-# hashes the script, params, the declared package modules and the keys of the jobs upstream, so
-# every value that changes the shards must arrive through params: or input:, never from config in
-# the script. No benchmark: Snakemake refuses one on a cached rule.
+# $SNAKEMAKE_OUTPUT_CACHE (docs/reproducibility.md, "Sharing shards and the demo model between
+# checkouts"). The key hashes the script, params, the declared package modules and the keys of
+# the jobs upstream, so every value that changes the shards must arrive through params: or input:,
+# never from config in the script. No benchmark: Snakemake refuses one on a cached rule.
 rule make_shards:
     input:
         corpus=corpus_inputs(),

@@ -27,7 +27,7 @@ rule intervention_sweep:
     output:
         tokens=f"{RUN}/intervention/L{{layer}}_H{{head}}/tokens.parquet",
         sweep=f"{RUN}/intervention/L{{layer}}_H{{head}}/sweep.parquet",
-        seed_csv=f"{RUN}/intervention/L{{layer}}_H{{head}}/q_scale_intervention_results.csv",
+        scale_summary=f"{RUN}/intervention/L{{layer}}_H{{head}}/q_scale_intervention_results.csv",
         trends=f"{RUN}/intervention/L{{layer}}_H{{head}}/trend_analysis.csv",
     log:
         f"{LOGS}/intervention/L{{layer}}_H{{head}}.log",
@@ -40,7 +40,7 @@ rule intervention_sweep:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=model_gpus(),
         batch_size=config["intervention"]["batch_size"],
         query_block_size=config["capture"]["query_block_size"],
     params:
@@ -72,7 +72,7 @@ rule check_baseline_sanity:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=model_gpus(),
         query_block_size=config["capture"]["query_block_size"],
     params:
         check=check_name,

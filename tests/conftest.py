@@ -101,7 +101,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     LlamaConfig whose max_position_embeddings is 256, saved like a model folder."""
     from transformers import LlamaConfig
 
-    from spectra_attn.demo_model import train_tokenizer
+    from spectra_attn.demo.model import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     texts = [r["text"] for r in make_documents(n_per_source=3)] * 2

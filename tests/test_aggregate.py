@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 
-from spectra_attn.aggregate import (
+from spectra_attn.analysis.aggregate import (
     EXPORTS,
     METRICS,
     histogram_edges,
@@ -240,7 +240,7 @@ def test_outputs_are_the_same_bytes_across_reruns_and_thread_counts(tmp_path):
 def test_spearman_is_exact_with_ties(tmp_path):
     """Heavy ties (values on a coarse grid), a head with a constant variable and one with ρ = 1,
     against scipy (average ranks for ties)."""
-    from spectra_attn.aggregate import connect, spearman
+    from spectra_attn.analysis.aggregate import connect, spearman
 
     generator = np.random.default_rng(3)
     n = 500

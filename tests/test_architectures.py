@@ -20,7 +20,7 @@ import pytest
 import torch
 import transformers
 
-from spectra_attn.architectures import (
+from spectra_attn.model.architectures import (
     ARCHITECTURES,
     NO_ROPE,
     UnsupportedModelError,
@@ -30,15 +30,11 @@ from spectra_attn.architectures import (
     raw_shape,
     rope_style,
 )
-from spectra_attn.capture import (
-    AttentionRecorder,
-    CaptureSettings,
-    attention_modules,
-    capture_batch,
-    use_capture_attention,
-)
-from spectra_attn.checks import isolation, temperature_identity
-from spectra_attn.intervention import HeadSpec, QueryScaler, sweep_batch
+from spectra_attn.model.attention import AttentionRecorder, CaptureSettings, attention_modules
+from spectra_attn.model.capture import capture_batch
+from spectra_attn.model.checks import isolation, temperature_identity
+from spectra_attn.model.intervention import HeadSpec, QueryScaler, sweep_batch
+from spectra_attn.model.loading import use_capture_attention
 
 from .test_capture import assert_matches
 from .test_intervention import BeforeNormScaler, TokenAxisScaler, WrongHeadScaler
@@ -403,7 +399,7 @@ def test_falcon_alibi_has_no_rope_and_the_bias_matters():
 )
 def test_the_metadata_says_what_pre_rope_means(name, pre_rope, extra):
     """What capture writes into each Parquet part's metadata (``architecture.*``)."""
-    from spectra_attn.architectures import summary
+    from spectra_attn.model.architectures import summary
 
     config = MODELS[name][0]()
     found = summary(config)
@@ -460,7 +456,7 @@ def test_gains_equal_finite_differences_of_real_sweeps(name, captured, monkeypat
     derivative) against central differences of the swept metrics at s = e^{±δ}; with a cap or a
     bias, the gains of plain logits (g = z) would not pass. On the CPU, Gemma-2's gains come from
     the fused kernel (cap inside it), Falcon-ALiBi's from the blocked torch path."""
-    from spectra_attn import metrics
+    from spectra_attn.model import metrics
 
     model = captured(name)
     input_ids = ids()
@@ -492,8 +488,8 @@ def test_gains_equal_finite_differences_of_real_sweeps(name, captured, monkeypat
 def test_the_atlas_equals_the_sweep_through_the_cap_and_the_bias(name, captured):
     """The atlas scales a head's logits a → s·a before the model's cap and bias, as the sweep's
     scaled query does: their per-sample means agree (what check_atlas_vs_sweep compares)."""
-    from spectra_attn.atlas import atlas_batch
-    from spectra_attn.capture import token_mean
+    from spectra_attn.model.atlas import atlas_batch
+    from spectra_attn.model.attention import token_mean
 
     model = captured(name)
     input_ids = ids()
@@ -518,7 +514,7 @@ def test_falcon_needs_a_transformers_that_calls_the_attention_interface():
 def test_load_model_reads_a_saved_model_of_the_family(name, tmp_path):
     """From a folder, as a job loads it: the architecture and context are checked from the
     config (a multimodal Gemma-3's text config), the capture attention is set at load."""
-    from spectra_attn.capture import ModelSpec, check_model_fits, load_model
+    from spectra_attn.model.loading import ModelSpec, check_model_fits, load_model
 
     saved = tiny(name)
     saved.save_pretrained(tmp_path, safe_serialization=True)

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spectra_attn.atlas import atlas_table
-from spectra_attn.capture import CaptureSettings, use_capture_attention
-from spectra_attn.gain import atlas_gains, compare_with_sweep
+from spectra_attn.analysis.gain import atlas_gains, compare_with_sweep
 from spectra_attn.gates import CheckFailed, require
-from spectra_attn.intervention import HeadSpec, run_sweep
+from spectra_attn.model.atlas import atlas_table
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.intervention import HeadSpec, run_sweep
+from spectra_attn.model.loading import use_capture_attention
 
 from .test_capture import input_ids, tiny_model
 

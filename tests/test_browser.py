@@ -6,8 +6,8 @@ from __future__ import annotations
 import html
 import re
 
-from spectra_attn import plots
-from spectra_attn import verdict as page
+from spectra_attn.analysis import plots
+from spectra_attn.analysis import verdict as page
 from tests.browser import open_page
 from tests.test_plots import make_atlas, make_gain, make_sweep
 from tests.test_verdict import full_page, make_verdict

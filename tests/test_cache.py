@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from spectra_attn import config as spectra_config
-from spectra_attn.shards import store_dir
+from spectra_attn.data.shards import store_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -134,7 +134,7 @@ def test_second_checkout_takes_every_job_from_the_cache(checkouts):
 
 
 def test_second_checkouts_shards_are_the_firsts(checkouts):
-    from spectra_attn.shards import validate_shards
+    from spectra_attn.data.shards import validate_shards
 
     dirs, _ = checkouts
     first, second = dirs["first"] / TARGET, dirs["second"] / TARGET

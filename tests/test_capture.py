@@ -12,16 +12,13 @@ import pytest
 import torch
 import transformers
 
-from spectra_attn.capture import (
-    COLUMNS,
-    CaptureSettings,
+from spectra_attn.model.architectures import UnsupportedModelError
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import COLUMNS, capture_batch, run_capture, to_columns
+from spectra_attn.model.loading import (
     ModelSpec,
     UnsafeWeightsError,
-    UnsupportedModelError,
-    capture_batch,
     load_model,
-    run_capture,
-    to_columns,
     use_capture_attention,
 )
 
@@ -186,8 +183,9 @@ def test_capture_stops_after_the_last_layers_attention_with_the_same_metrics(rop
     """Nothing capture records comes after the last layer's queries and keys: its attention output,
     MLP, final norm and head are not computed, and the metrics equal those of a recorder that
     lets the whole forward pass run."""
-    from spectra_attn.atlas import atlas_batch
-    from spectra_attn.capture import AttentionRecorder, forward_for_metrics
+    from spectra_attn.model.atlas import atlas_batch
+    from spectra_attn.model.attention import AttentionRecorder
+    from spectra_attn.model.capture import forward_for_metrics
 
     ids = input_ids()
     model = tiny_model("llama")
@@ -355,7 +353,7 @@ def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_thr
 ):
     import pyarrow.parquet as pq
 
-    import spectra_attn.capture as capture
+    import spectra_attn.model.capture as capture
 
     # 2 layers × 4 heads × 20 tokens = 160 rows per sample: at least 161 rows makes pairs.
     monkeypatch.setattr(capture, "ROW_GROUP_ROWS", 161)
@@ -379,7 +377,7 @@ def test_row_groups_hold_whole_samples_and_the_bytes_do_not_depend_on_writer_thr
 
 
 def test_writer_threads_are_the_jobs_on_the_cpu_and_all_but_one_on_a_gpu():
-    from spectra_attn.capture import writer_threads_for
+    from spectra_attn.model.capture import writer_threads_for
 
     previous = torch.get_num_threads()
     try:
@@ -397,7 +395,7 @@ def test_a_failed_write_stops_capture_and_leaves_no_file(
 ):
     """Rows are written on a background thread: its failure must surface, and the half-written
     file must not appear under the output name."""
-    import spectra_attn.capture as capture
+    import spectra_attn.model.capture as capture
 
     calls = []
     real = capture.to_columns
@@ -419,8 +417,10 @@ def test_a_failed_write_stops_capture_and_leaves_no_file(
 
 KILLED_CAPTURE = """
 import os, signal, sys
-import spectra_attn.capture as capture
-from spectra_attn.capture import CaptureSettings, ModelSpec, run_capture
+import spectra_attn.model.capture as capture
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import run_capture
+from spectra_attn.model.loading import ModelSpec
 
 batches = []
 real = capture.to_columns
@@ -499,7 +499,9 @@ def test_shards_from_another_tokenizer_fail_before_the_model_loads(
     config["vocab_size"] = 50
     small.mkdir()
     (small / "config.json").write_text(json.dumps(config))
-    monkeypatch.setattr("spectra_attn.capture.load_model", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(
+        "spectra_attn.model.loading.load_model", lambda *a, **k: pytest.fail("loaded")
+    )
     with pytest.raises(ValueError, match="outside the model's vocabulary of 50"):
         capture_range(small, manifest, tmp_path / "x.parquet", 0, 2)
     assert not (tmp_path / "x.parquet").exists()
@@ -508,7 +510,7 @@ def test_shards_from_another_tokenizer_fail_before_the_model_loads(
 def test_shards_made_with_another_tokenizer_are_refused(model_dir, tmp_path, tokenizer_dir):
     """The manifest records the sha256 of the tokenizer that made the shards; a model whose own
     tokenizer differs is refused before its weights load, and one with the same tokenizer runs."""
-    from spectra_attn.shards import load_tokenizer
+    from spectra_attn.data.shards import load_tokenizer
 
     _, info = load_tokenizer(str(tokenizer_dir))
     with_tokenizer = tmp_path / "model"
@@ -531,7 +533,7 @@ def test_shards_made_with_another_tokenizer_are_refused(model_dir, tmp_path, tok
 
 
 def test_samples_table_maps_ids_to_shard_rows_in_order(manifest):
-    from spectra_attn.samples import sample_ranges, sample_table
+    from spectra_attn.data.samples import sample_ranges, sample_table
 
     table = sample_table(manifest, 7)
     assert table.sample_id.tolist() == list(range(7))
@@ -545,8 +547,8 @@ def test_samples_table_maps_ids_to_shard_rows_in_order(manifest):
 def test_load_samples_takes_each_row_from_its_shard_one_shard_at_a_time(manifest, tmp_path):
     import shutil
 
-    from spectra_attn.samples import load_samples, sample_table
-    from spectra_attn.shards import ShardError, iter_validated_shards
+    from spectra_attn.data.samples import load_samples, sample_table
+    from spectra_attn.data.shards import ShardError, iter_validated_shards
 
     table = sample_table(manifest, 9).iloc[3:8]  # rows 3-4 of the first shard, 0-2 of the second
     expected = []
@@ -576,8 +578,8 @@ def test_shards_are_held_one_at_a_time(tmp_path):
     shard in memory, not all of them (numpy's allocations are traced by tracemalloc)."""
     import tracemalloc
 
-    from spectra_attn.samples import load_samples, sample_table
-    from spectra_attn.shards import validate_shards
+    from spectra_attn.data.samples import load_samples, sample_table
+    from spectra_attn.data.shards import validate_shards
 
     manifest = write_shards(tmp_path, (1024,) * 4, context_length=1024)
     shard_bytes = 1024 * 1024 * 4
@@ -595,14 +597,14 @@ def test_shards_are_held_one_at_a_time(tmp_path):
     assert loading < 2.5 * shard_bytes, loading / shard_bytes
 
 
-def test_seed_csv_export_has_the_seed_columns(model_dir, manifest, tmp_path):
-    from spectra_attn.capture_csv import export_seed_csv
+def test_csv_export_has_the_original_projects_columns(model_dir, manifest, tmp_path):
+    from spectra_attn.analysis.capture_csv import export_original_csv
 
     parts = []
     for index, (start, stop) in enumerate([(0, 2), (2, 3)]):
         parts.append(str(tmp_path / f"part_{index:04d}.parquet"))
         capture_range(model_dir, manifest, parts[-1], start, stop)
-    export_seed_csv(parts, str(tmp_path / "attention_metrics.csv"))
+    export_original_csv(parts, str(tmp_path / "attention_metrics.csv"))
     csv = pd.read_csv(tmp_path / "attention_metrics.csv")
     assert list(csv.columns) == [
         "sample_id",

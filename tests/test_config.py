@@ -166,6 +166,64 @@ def test_bad_values_name_the_key(overlay, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ({"model": {"device_map": "everywhere"}}, "'model.device_map': 'everywhere' is not one of"),
+        ({"model": {"device_map": {"model.layers.0": "gpu"}}}, "'model.device_map.model.layers.0'"),
+        ({"model": {"device_map": {"lm_head": -1}}}, "'model.device_map.lm_head'"),
+        ({"model": {"device_map": {}}}, "'model.device_map': {} should be non-empty"),
+        ({"model": {"gpus": 0}}, "'model.gpus': 0 is less than the minimum of 1"),
+        ({"model": {"gpus": 2}}, "'model.gpus': 2 GPUs per job need model.device_map"),
+        (
+            {"model": {"device_map": "auto", "max_memory_per_gpu": "60 gigs"}},
+            "'model.max_memory_per_gpu': '60 gigs' does not match",
+        ),
+        ({"model": {"max_memory_per_gpu": "60GiB"}}, "shapes a model.device_map strategy"),
+        (
+            {"model": {"device_map": {"": 0}, "max_memory_per_gpu": "60GiB"}},
+            "an explicit mapping already says where each module goes",
+        ),
+        (
+            {"device": "cpu", "model": {"device_map": "auto"}},
+            "auto spreads the model over GPUs, but device is cpu",
+        ),
+        (
+            {"device": "cpu", "model": {"device_map": {"model": 0, "lm_head": "cpu"}}},
+            "puts modules on GPU 0, but device is cpu",
+        ),
+        (
+            {"model": {"device_map": {"model.layers.0": 0, "model.layers.1": 2}, "gpus": 2}},
+            "puts modules on GPU 2, but each job holds model.gpus: 2 (GPUs 0-1)",
+        ),
+    ],
+)
+def test_bad_placements_name_the_key(overlay, message):
+    with pytest.raises(spectra_config.ConfigError) as error:
+        spectra_config.validate(overlay)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"device_map": "auto", "gpus": 4, "max_memory_per_gpu": "70GiB"},
+        {"device_map": "balanced"},  # one GPU: fine (what does not fit goes to CPU memory)
+        {"device_map": {"model.embed_tokens": 0, "model.layers": 1, "lm_head": "cpu"}, "gpus": 2},
+    ],
+)
+def test_placements_that_fit_together_are_valid(model):
+    config = spectra_config.validate({"model": model})
+    assert config["model"]["device_map"] == model["device_map"]
+
+
+def test_a_cpu_run_takes_a_mapping_to_cpu_and_disk():
+    """What the tests use to split a model on a machine without GPUs."""
+    mapping = {"model.layers.0": "cpu", "model.layers.1": "disk"}
+    config = spectra_config.validate({"device": "cpu", "model": {"device_map": mapping}})
+    assert "spread over 1 GPU(s) per job" in spectra_config.describe(config)
+
+
 def test_heads_are_free_when_selected_automatically():
     chosen = spectra_config.validate({"intervention": {"select": "auto", "heads": []}})
     assert chosen["intervention"]["heads"] == []

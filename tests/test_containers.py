@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spectra_attn.sagemaker import WRAPPER
+from spectra_attn.run.sagemaker import WRAPPER
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

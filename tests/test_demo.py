@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from spectra_attn.corpus import SOURCE_NAMES, find_split_files, iter_documents
-from spectra_attn.demo_corpus import write_demo_corpus
-from spectra_attn.demo_model import build_demo_model, train_tokenizer
+from spectra_attn.data.corpus import SOURCE_NAMES, find_split_files, iter_documents
+from spectra_attn.demo.corpus import write_demo_corpus
+from spectra_attn.demo.model import build_demo_model, train_tokenizer
 
 SPLITS = ("train", "validation", "test")
 TINY_DEMO = {
@@ -172,7 +172,7 @@ def test_training_log(models):
 
 
 def test_failed_build_leaves_nothing(corpus, tmp_path, monkeypatch):
-    import spectra_attn.demo_model as demo_model
+    import spectra_attn.demo.model as demo_model
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

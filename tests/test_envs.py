@@ -141,7 +141,7 @@ def test_rule_env_has_what_its_script_imports(rule, env, script):
     """Every package that a rule's script, or a spectra_attn module it reaches, imports (also
     inside functions, so this over-approximates) is in the rule's conda env: with `--sdm conda`
     a missing one fails the job, perhaps after hours of GPU work."""
-    from spectra_attn.workflow import package_modules
+    from spectra_attn.run.workflow import package_modules
 
     content = yaml.safe_load((ROOT / "envs" / env).read_text())
     pip = next(d["pip"] for d in content["dependencies"] if isinstance(d, dict) and "pip" in d)

@@ -1,4 +1,4 @@
-"""Gain analysis against scipy.stats.linregress, and the seed's verdict table."""
+"""Gain analysis against scipy.stats.linregress, and the original project's verdict table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from spectra_attn.gain import bootstrap_ratio, head_gains, ols, verdict, verdict_text
-from spectra_attn.intervention import trend_analysis
+from spectra_attn.analysis.gain import bootstrap_ratio, head_gains, ols, verdict, verdict_text
+from spectra_attn.model.intervention import trend_analysis
 
 SCALES = [0.5, 0.75, 1.0, 1.25, 1.5]
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from spectra_attn import gpus
+from spectra_attn.run import gpus
 
 HOLDER = textwrap.dedent(
     """
     import json, os, sys, time
-    from spectra_attn import gpus
+    from spectra_attn.run import gpus
     count, hold_s, record = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
     ids = gpus.claim(count, poll_s=0.02)
     start = time.time()
@@ -105,6 +105,14 @@ def test_a_schedulers_assignment_stands(tmp_path):
     assert not list((tmp_path / "locks").glob("*.lock"))
 
 
+def test_an_assignment_of_fewer_gpus_than_the_job_needs_is_kept_and_said(monkeypatch, caplog):
+    """A model spread over two GPUs (model.gpus: 2) given one by the scheduler still runs (what
+    does not fit goes to CPU memory), and the log says why it is slow."""
+    monkeypatch.setenv(gpus.VISIBLE_ENV, "3")
+    assert gpus.claim(2) == ["3"]
+    assert "the job needs 2 GPUs but the scheduler assigned 1" in caplog.text
+
+
 def test_no_gpu_means_the_cpu(tmp_path, monkeypatch):
     monkeypatch.delenv(gpus.VISIBLE_ENV, raising=False)
     monkeypatch.setenv(gpus.DEVICES_ENV, "")
@@ -128,7 +136,7 @@ SNAKEFILE = textwrap.dedent(
 JOB = textwrap.dedent(
     """
     import json, os, time
-    from spectra_attn.workflow import claim_job_gpus, setup_logging
+    from spectra_attn.run.workflow import claim_job_gpus, setup_logging
     setup_logging(snakemake.log[0])
     claim_job_gpus(snakemake)
     start = time.time()

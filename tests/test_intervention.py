@@ -6,23 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-from spectra_attn.capture import CaptureSettings, capture_batch, use_capture_attention
-from spectra_attn.checks import (
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.capture import capture_batch
+from spectra_attn.model.checks import (
     CheckFailed,
     baseline_sanity,
     isolation,
     require,
     temperature_identity,
 )
-from spectra_attn.intervention import (
+from spectra_attn.model.intervention import (
     HeadSpec,
     QueryScaler,
     check_heads,
     run_sweep,
-    seed_results_table,
+    scale_summary_table,
     sweep_batch,
     trend_analysis,
 )
+from spectra_attn.model.loading import use_capture_attention
 
 from .test_capture import input_ids, tiny_model
 
@@ -225,7 +227,7 @@ def test_run_sweep_tables_and_trends(model, caplog):
     assert trends.loc["max_attn", "as_expected"]
     text = caplog.text
     assert text.index("expected as the query") < text.index("observed for L1_H2")
-    seed = seed_results_table(sample_table)
+    seed = scale_summary_table(sample_table)
     assert list(seed.scale) == SCALES and (seed.n_samples == 3).all()
     assert {"entropy_mean", "entropy_std", "loss_mean", "kl_mean"} <= set(seed.columns)
 

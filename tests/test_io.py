@@ -100,7 +100,7 @@ def test_sigterm_runs_the_cleanup(tmp_path):
         f"""
         import os, signal, time
         from spectra_attn.io import atomic_path
-        from spectra_attn.workflow import setup_logging
+        from spectra_attn.run.workflow import setup_logging
         setup_logging({str(tmp_path / "job.log")!r})
         with atomic_path({str(tmp_path / "out.txt")!r}) as tmp:
             tmp.write_text("half")
@@ -126,7 +126,7 @@ def test_a_full_disk_is_named_as_such_in_the_log_and_on_stderr(tmp_path):
         f"""
         import shutil
         from spectra_attn.io import atomic_path
-        from spectra_attn.workflow import setup_logging
+        from spectra_attn.run.workflow import setup_logging
         setup_logging({str(tmp_path / "job.log")!r})
         with atomic_path({str(tmp_path / "out.txt")!r}) as tmp:
             with open("/dev/full", "wb") as full:
@@ -154,7 +154,7 @@ def test_a_full_disk_is_named_as_such_in_the_log_and_on_stderr(tmp_path):
     ],
 )
 def test_environment_faults_are_explained(error, words):
-    from spectra_attn.workflow import explain_environment_error
+    from spectra_attn.run.workflow import explain_environment_error
 
     explained = explain_environment_error(error)
     assert explained.startswith(words) and "results/x.parquet" in explained
@@ -170,7 +170,7 @@ def test_a_stale_lock_gets_the_commands_that_continue(tmp_path):
     import sys
     import time
 
-    from spectra_attn.workflow import stale_lock_hint
+    from spectra_attn.run.workflow import stale_lock_hint
 
     argv = ["/x/.venv/bin/snakemake", "--cores", "1", "--resources", "gpu=1"]
     assert stale_lock_hint(tmp_path, argv) is None

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 import torch
 
-from spectra_attn.metrics import (
+from spectra_attn.model.metrics import (
     MASKED_LOGIT,
     METRIC_NAMES,
     LogitTransform,
@@ -179,7 +179,7 @@ def _sorted_walk(values: np.ndarray, target: float) -> int:
 def _guess_putting_the_low_pivot_on(value: np.float32, spread: float) -> float:
     """A guess whose low pivot (the kernel's own ``_pivot(guess, −_SPREAD · spread)``) is exactly
     ``value``: values equal to a pivot must count on its side."""
-    from spectra_attn.cpu_kernels import _SPREAD, _pivot
+    from spectra_attn.model.cpu_kernels import _SPREAD, _pivot
 
     x = -_SPREAD * spread
     target = int(np.float32(value).view(np.int32))
@@ -236,7 +236,7 @@ def test_keys_for_mass_is_exact_whatever_the_guess(row, guess, spread, max_round
     """Every path of the selection (guess bracket, the candidates copied to a band of their own
     or left in place, rounds, the peel of tied values, the final sort when the rounds run out)
     gives what a walk down the sorted row gives; a guess only changes how fast."""
-    from spectra_attn.cpu_kernels import LANES, keys_for_mass
+    from spectra_attn.model.cpu_kernels import LANES, keys_for_mass
 
     values = ROWS_FOR_SELECTION[row](np.random.default_rng(len(row))).astype(np.float32)
     values /= values.max()
@@ -266,7 +266,7 @@ def test_compact_band_copies_the_band_in_order(length, lower, upper):
     """The vectorized copy of k_eff's candidates: exactly the values in [lower, upper), in order
     (bounds included or not as they should be, whole vectors and what is left beyond them),
     then LANES values −1, and nothing written beyond len + LANES."""
-    from spectra_attn.cpu_kernels import LANES, compact_band
+    from spectra_attn.model.cpu_kernels import LANES, compact_band
 
     bits = np.random.default_rng(length).integers(-8, 8, size=length).astype(np.int32)
     out = np.full(length + 2 * LANES, 12345, np.int32)
@@ -280,7 +280,7 @@ def test_compact_band_copies_the_band_in_order(length, lower, upper):
 
 KERNEL_FEATURES = """
 import json
-import spectra_attn.cpu_kernels as kernels
+import spectra_attn.model.cpu_kernels as kernels
 from numba.core.codegen import get_host_cpu_features
 from numba.core.registry import cpu_target
 print(json.dumps({
@@ -376,7 +376,7 @@ def test_blocked_cpu_kernel_equals_the_masked_torch_path(
     torch composition give, on grouped-query heads, lengths that are not multiples of the tile
     (rows or keys), rows of every length (so every padding to 32 keys), sliding windows, and head
     sizes of any width."""
-    from spectra_attn import metrics
+    from spectra_attn.model import metrics
 
     torch.manual_seed(length)
     q = torch.randn(2, 2, 3, length, dim) * scale
@@ -409,7 +409,7 @@ def test_causal_logits_equal_a_float64_masked_product(window):
 def test_row_metrics_on_the_cpu_runs_the_fused_kernel(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        "spectra_attn.metrics._row_metrics_cpu",
+        "spectra_attn.model.metrics._row_metrics_cpu",
         lambda logits, threshold: calls.append(threshold) or _row_metrics_torch(logits, threshold),
     )
     row_metrics(torch.zeros(2, 8), 0.8)
@@ -417,7 +417,7 @@ def test_row_metrics_on_the_cpu_runs_the_fused_kernel(monkeypatch):
 
 
 def test_the_cpu_kernels_exp_is_within_an_ulp_of_float64():
-    from spectra_attn.cpu_kernels import exp_nonpositive
+    from spectra_attn.model.cpu_kernels import exp_nonpositive
 
     x = np.concatenate([np.linspace(-87.0, 0.0, 20001), -np.logspace(-8, 0, 200), [0.0]])
     x = x.astype(np.float32)
@@ -443,7 +443,7 @@ def test_cpu_kernel_computes_in_float32_from_bfloat16_inputs(monkeypatch):
     """A bfloat16 model's queries and keys: the CPU kernel widens them to float32 before scaling
     and multiplying, as the torch path does (scaling in bfloat16 would cost ~3 significant
     digits)."""
-    from spectra_attn import metrics
+    from spectra_attn.model import metrics
 
     torch.manual_seed(0)
     q = torch.randn(1, 2, 4, 50, 16).bfloat16()
@@ -465,7 +465,7 @@ def test_the_cpu_kernels_tanh_and_sech2_are_float32_accurate():
     """tanh and sech² = 1 − tanh² of the soft-cap kernel against float64, on a dense grid through
     both of its forms (the series below 0.5, exp(−2|y|) above) and into saturation, where sech²
     keeps its relative precision (1 − tanh² in float32 would be 0)."""
-    from spectra_attn.cpu_kernels import tanh_and_sech2
+    from spectra_attn.model.cpu_kernels import tanh_and_sech2
 
     grid = np.linspace(-30.0, 30.0, 600001)
     tiny = np.logspace(-8, 1.5, 2001)
@@ -520,7 +520,7 @@ def test_fused_cpu_kernel_applies_the_soft_cap_as_float64_does(window, monkeypat
     heads' scales go from a cap that hardly bends the logits to one that saturates most of them
     (|a/c| up to ~85, where 1 − tanh² in float32 would be 0). The blocked torch path is never
     taken on the CPU (it raises here)."""
-    from spectra_attn import metrics
+    from spectra_attn.model import metrics
 
     def blocked(*args):
         raise AssertionError("soft-capped logits took the blocked torch path")

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spectra_attn import parquet_parts as pp
+from spectra_attn.model import parquet_parts as pp
 
 OPTIONS = dict(compression="zstd", use_dictionary=["sample_id"])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spectra_attn import plots
+from spectra_attn.analysis import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LAYERS, HEADS = 2, 4

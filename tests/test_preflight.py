@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spectra_attn import config as spectra_config
-from spectra_attn.preflight import problems
+from spectra_attn.run.preflight import problems
 
 LLAMA = {
     "model_type": "llama",
@@ -142,7 +142,7 @@ def test_hub_lookup_is_one_short_request(monkeypatch):
     """The hub is asked once with a timeout (no retries), and its answers become messages."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from spectra_attn import hub
+    from spectra_attn.run import hub
 
     calls = []
 
@@ -166,7 +166,7 @@ def test_hub_lookup_is_one_short_request(monkeypatch):
 def test_sample_counts_are_checked_against_what_the_shards_hold(tmp_path, monkeypatch):
     """data.max_sequences is a maximum: a small corpus yields fewer. Once the shards of these data
     settings exist, every sample count is checked against their manifest, before any job."""
-    from spectra_attn.shards import store_dir
+    from spectra_attn.data.shards import store_dir
 
     monkeypatch.chdir(tmp_path)
     config = configured(tmp_path)
@@ -257,7 +257,7 @@ def test_example_overlays_pass_the_checks_that_need_no_download(overlay):
     heads within that model's shape (as its header states it)."""
     import re
 
-    from spectra_attn.architectures import ARCHITECTURES
+    from spectra_attn.model.architectures import ARCHITECTURES
 
     config = spectra_config.load(["config.yaml", str(overlay)])
     asked = []

@@ -14,9 +14,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from spectra_attn import model_provenance, provenance
+from spectra_attn import provenance
 from spectra_attn.cli import main as spectra
 from spectra_attn.io import write_json, write_parquet
+from spectra_attn.run import model_provenance
 
 
 def make_model(folder: Path, weights: bytes = b"weights") -> Path:

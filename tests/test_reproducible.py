@@ -16,7 +16,7 @@ ANALYSIS = textwrap.dedent(
     import sys
     from pathlib import Path
     import pandas as pd
-    from spectra_attn.gain import atlas_gains, head_gains, verdict
+    from spectra_attn.analysis.gain import atlas_gains, head_gains, verdict
     from spectra_attn.io import write_csv, write_json
 
     folder, order = Path(sys.argv[1]), sys.argv[2]

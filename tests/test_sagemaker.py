@@ -30,7 +30,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from spectra_attn import cli
-from spectra_attn.run_state import (
+from spectra_attn.run.run_state import (
     STATE_KEY,
     RemoteState,
     StateConflict,
@@ -41,7 +41,7 @@ from spectra_attn.run_state import (
     state_location,
     unpack_state,
 )
-from spectra_attn.sagemaker import launch, training_job_request
+from spectra_attn.run.sagemaker import launch, training_job_request
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "spectra-ci"
@@ -207,7 +207,7 @@ def test_unchanged_sources_get_back_their_recorded_mtimes(tmp_path):
     checkout = tmp_path / "checkout"
     files = {
         "workflow_scripts/capture.py": "print('capture')\n",
-        "src/spectra_attn/metrics.py": "X = 1\n",
+        "src/spectra_attn/model/metrics.py": "X = 1\n",
         "Snakefile": "rule all:\n",
         "README.md": "not a source\n",
     }
@@ -219,7 +219,7 @@ def test_unchanged_sources_get_back_their_recorded_mtimes(tmp_path):
     manifest = json.loads(archive_members(data)["sources.json"])
     assert sorted(manifest) == [
         "Snakefile",
-        "src/spectra_attn/metrics.py",
+        "src/spectra_attn/model/metrics.py",
         "workflow_scripts/capture.py",
     ]
 
@@ -230,7 +230,9 @@ def test_unchanged_sources_get_back_their_recorded_mtimes(tmp_path):
     assert counts["sources_restored"] == 2
     assert (checkout / "workflow_scripts/capture.py").stat().st_mtime == 1_600_000_000
     assert (checkout / "Snakefile").stat().st_mtime == 1_600_000_000
-    assert (checkout / "src/spectra_attn/metrics.py").stat().st_mtime >= now - 5  # edited: new
+    assert (
+        checkout / "src/spectra_attn/model/metrics.py"
+    ).stat().st_mtime >= now - 5  # edited: new
     assert (checkout / "README.md").stat().st_mtime >= now - 5  # not recorded
 
 
@@ -328,7 +330,7 @@ def test_run_command_is_snakemake_with_the_profile_and_prefix(monkeypatch, tmp_p
         seen.update(state=state, command=command, push_every=push_every)
         return 7
 
-    monkeypatch.setattr("spectra_attn.run_state.run_workflow", fake_run)
+    monkeypatch.setattr("spectra_attn.run.run_state.run_workflow", fake_run)
     argv = ["sagemaker", "run", "--prefix", PREFIX, "--directory", str(tmp_path), "--"]
     assert cli.main([*argv, "-n", "--configfile", "llama3.yaml"]) == 7
     assert seen["command"][1:] == [

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from spectra_attn.selection import head_correlations, select_heads
+from spectra_attn.analysis.selection import head_correlations, select_heads
 
 
 def test_correlations_equal_scipy(tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from spectra_attn import config as spectra_config
-from spectra_attn.corpus import CorpusError, is_hub_id
-from spectra_attn.shards import (
+from spectra_attn.data.corpus import CorpusError, is_hub_id
+from spectra_attn.data.shards import (
     preprocess,
     publish,
     read_manifest,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from spectra_attn import shards
-from spectra_attn.corpus import CorpusError, download_hub_dataset, is_hub_id
-from spectra_attn.shards import ShardError, load_shard, preprocess, validate_shards
+from spectra_attn.data import shards
+from spectra_attn.data.corpus import CorpusError, download_hub_dataset, is_hub_id
+from spectra_attn.data.shards import ShardError, load_shard, preprocess, validate_shards
 
 from .conftest import (
     INCLUDED,
@@ -237,7 +237,7 @@ def _corpus_with_bad_lines(root: Path) -> Path:
 def test_malformed_lines_are_skipped_counted_and_logged(tokenizer_dir, tmp_path, caplog):
     """2 bad records of 10 in one file: skipped when the limit allows 20 %, counted per file in
     the manifest, logged with their locations, and shown by `spectra shards inspect`."""
-    from spectra_attn.shard_report import inspect_shards
+    from spectra_attn.data.shard_report import inspect_shards
 
     path = _corpus_with_bad_lines(tmp_path / "raw")
     with caplog.at_level("WARNING", logger="spectra_attn"):
@@ -325,7 +325,7 @@ def _zst_file(tmp_path: Path, frames: list[bytes]) -> Path:
 
 
 def _read(path: Path, **options) -> list:
-    from spectra_attn.corpus import ReadStats, iter_documents
+    from spectra_attn.data.corpus import ReadStats, iter_documents
 
     return list(iter_documents([path], ReadStats(), **options))
 
@@ -593,7 +593,7 @@ def test_inspect_counts_tokens_and_decodes_them(good_run, tokenizer_dir, tmp_pat
     when it can be found from here, and named as not found (ids only) when it cannot."""
     import json
 
-    from spectra_attn.shard_report import inspect_shards
+    from spectra_attn.data.shard_report import inspect_shards
 
     array = load_shard(good_run / "shards" / "shard_0000.npz")
     values, counts = np.unique(array, return_counts=True)

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spectra_attn import verdict as page
-from spectra_attn.gain import verdict_text
-from spectra_attn.intervention import trend_analysis
+from spectra_attn.analysis import verdict as page
+from spectra_attn.analysis.gain import verdict_text
+from spectra_attn.model.intervention import trend_analysis
 from tests.test_plots import make_atlas, make_gain, make_head_summary, make_sweep
 
 
 def make_verdict(ratio: float, low: float, high: float, **extra) -> dict:
-    """A verdict.json as spectra_attn.gain.verdict writes it."""
+    """A verdict.json as spectra_attn.analysis.gain.verdict writes it."""
     result = {
         "target": {"layer": 1, "head": 2},
         "control": {"layer": 1, "head": 0},

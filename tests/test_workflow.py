@@ -93,7 +93,7 @@ def test_dry_run_plans_every_stage(demo_run):
 
 
 def test_real_run_writes_validated_shards(demo_run):
-    from spectra_attn.shards import validate_shards
+    from spectra_attn.data.shards import validate_shards
 
     workdir, _, _ = demo_run
     manifest_path = workdir / "results" / "demo" / "data" / "manifest.json"

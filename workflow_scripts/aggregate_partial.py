@@ -1,6 +1,6 @@
 """Snakemake adapter: the mergeable aggregates of one capture part (the map step)."""
 
-from spectra_attn.aggregate import partial_aggregate
+from spectra_attn.analysis.aggregate import partial_aggregate
 
 
 def main(snakemake) -> None:
@@ -13,7 +13,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

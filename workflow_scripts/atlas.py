@@ -2,8 +2,9 @@
 
 import torch
 
-from spectra_attn.atlas import run_atlas
-from spectra_attn.capture import CaptureSettings, ModelSpec
+from spectra_attn.model.atlas import run_atlas
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.loading import ModelSpec
 
 
 def main(snakemake) -> None:
@@ -25,7 +26,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import claim_job_gpus, setup_logging
+    from spectra_attn.run.workflow import claim_job_gpus, setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     claim_job_gpus(snakemake)  # noqa: F821

@@ -1,6 +1,6 @@
 """Snakemake adapter: the OLS gain of every head from the atlas parts."""
 
-from spectra_attn.gain import atlas_gains
+from spectra_attn.analysis.gain import atlas_gains
 from spectra_attn.io import write_csv
 
 
@@ -9,7 +9,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -2,7 +2,7 @@
 
 import os
 
-from spectra_attn.demo_model import build_demo_model
+from spectra_attn.demo.model import build_demo_model
 
 
 def main(snakemake) -> None:
@@ -18,7 +18,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

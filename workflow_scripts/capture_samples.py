@@ -1,7 +1,7 @@
 """Snakemake adapter: the samples table (sample_id → shard file and row) of the capture."""
 
+from spectra_attn.data.samples import sample_table
 from spectra_attn.io import write_parquet
-from spectra_attn.samples import sample_table
 
 
 def main(snakemake) -> None:
@@ -10,7 +10,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -2,9 +2,10 @@
 
 import torch
 
-from spectra_attn.capture import CaptureSettings, ModelSpec
-from spectra_attn.checks import run_check
-from spectra_attn.intervention import HeadSpec
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.checks import run_check
+from spectra_attn.model.intervention import HeadSpec
+from spectra_attn.model.loading import ModelSpec
 
 
 def main(snakemake) -> None:
@@ -23,7 +24,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import claim_job_gpus, setup_logging
+    from spectra_attn.run.workflow import claim_job_gpus, setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     claim_job_gpus(snakemake)  # noqa: F821

@@ -1,6 +1,6 @@
 """Snakemake adapter: download one split of a hub dataset in full into resources/datasets/."""
 
-from spectra_attn.corpus import download_hub_dataset
+from spectra_attn.data.corpus import download_hub_dataset
 
 
 def main(snakemake) -> None:
@@ -10,7 +10,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

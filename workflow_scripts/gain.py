@@ -5,7 +5,7 @@ import logging
 import pandas as pd
 
 from spectra_attn import provenance
-from spectra_attn.gain import head_gains, verdict
+from spectra_attn.analysis.gain import head_gains, verdict
 from spectra_attn.io import write_csv, write_json
 
 
@@ -23,13 +23,13 @@ def main(snakemake) -> None:
     )
     # The sweeps' provenance (None if they disagree or carry none: the verdict page says so).
     result["provenance"] = provenance.common([provenance.read(p) for p in snakemake.input.sweeps])
-    logging.getLogger("spectra_attn.gain").info("verdict: %s", result)
+    logging.getLogger("spectra_attn.analysis.gain").info("verdict: %s", result)
     write_csv(gains, snakemake.output.summary)
     write_json(snakemake.output.verdict, result)
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -2,9 +2,11 @@
 
 import torch
 
-from spectra_attn import model_provenance, provenance
-from spectra_attn.capture import CaptureSettings, ModelSpec
-from spectra_attn.intervention import HeadSpec, run_head_sweep
+from spectra_attn import provenance
+from spectra_attn.model.attention import CaptureSettings
+from spectra_attn.model.intervention import HeadSpec, run_head_sweep
+from spectra_attn.model.loading import ModelSpec
+from spectra_attn.run import model_provenance
 
 
 def main(snakemake) -> None:
@@ -26,7 +28,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import claim_job_gpus, setup_logging
+    from spectra_attn.run.workflow import claim_job_gpus, setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     claim_job_gpus(snakemake)  # noqa: F821

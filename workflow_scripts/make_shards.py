@@ -2,7 +2,7 @@
 
 import os
 
-from spectra_attn.shards import preprocess
+from spectra_attn.data.shards import preprocess
 
 
 def main(snakemake) -> None:
@@ -35,7 +35,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spectra_attn.plots import report_figures
+from spectra_attn.analysis.plots import report_figures
 
 
 def main(snakemake) -> None:
@@ -22,7 +22,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -1,6 +1,6 @@
 """Snakemake adapter: the shards in use, linked into results/<run>/data/."""
 
-from spectra_attn.shards import publish
+from spectra_attn.data.shards import publish
 
 
 def main(snakemake) -> None:
@@ -8,7 +8,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -2,21 +2,21 @@
 
 import logging
 
+from spectra_attn.analysis.selection import head_correlations, select_heads
 from spectra_attn.io import write_csv, write_json
-from spectra_attn.selection import head_correlations, select_heads
 
 
 def main(snakemake) -> None:
     correlations = head_correlations(list(snakemake.input.parts))
     heads = select_heads(correlations)
     for head in heads:
-        logging.getLogger("spectra_attn.selection").info("selected %s", head)
+        logging.getLogger("spectra_attn.analysis.selection").info("selected %s", head)
     write_csv(correlations, snakemake.output.correlations)
     write_json(snakemake.output.heads, {"heads": heads})
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

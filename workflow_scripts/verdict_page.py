@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spectra_attn import verdict as page
+from spectra_attn.analysis import verdict as page
 from spectra_attn.io import atomic_path
 
 
@@ -34,7 +34,7 @@ def main(snakemake) -> None:
 
 
 if __name__ == "__main__":
-    from spectra_attn.workflow import setup_logging
+    from spectra_attn.run.workflow import setup_logging
 
     setup_logging(snakemake.log[0])  # noqa: F821 — injected by Snakemake
     main(snakemake)  # noqa: F821

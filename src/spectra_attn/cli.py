@@ -1,4 +1,7 @@
-"""The ``spectra`` command: the workflow's stages for use outside Snakemake."""
+"""The ``spectra`` command: the workflow's stages for use outside Snakemake.
+
+Each subcommand imports what it runs inside its handler, so that ``spectra --help`` and
+``spectra config show`` start in a moment and never load torch, transformers or boto3."""
 
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def _provenance(args: argparse.Namespace) -> int:
 
 
 def _shards_inspect(args: argparse.Namespace) -> int:
-    from spectra_attn.shard_report import inspect_shards
+    from spectra_attn.data.shard_report import inspect_shards
 
     print(inspect_shards(args.path, tokenizer=args.tokenizer, top=args.top))
     return 0
@@ -89,7 +92,7 @@ def _find_manifest(shards: Path) -> Path:
 
 
 def _model_spec(args: argparse.Namespace):
-    from spectra_attn.capture import ModelSpec
+    from spectra_attn.model.loading import ModelSpec
 
     return ModelSpec(
         args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
@@ -100,10 +103,11 @@ def _capture(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from spectra_attn.capture import CaptureSettings, run_capture
-    from spectra_attn.capture_csv import export_seed_csv
+    from spectra_attn.analysis.capture_csv import export_original_csv
+    from spectra_attn.data.samples import sample_table
     from spectra_attn.io import write_parquet
-    from spectra_attn.samples import sample_table
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.capture import run_capture
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     manifest = _find_manifest(Path(args.shards))
@@ -126,7 +130,7 @@ def _capture(args: argparse.Namespace) -> int:
     )
     write_parquet(table, out / "samples.parquet")
     if args.csv:
-        export_seed_csv(
+        export_original_csv(
             [str(part)], str(out / f"attention_metrics_{time.strftime('%Y%m%d_%H%M%S')}.csv")
         )
     return 0
@@ -135,10 +139,10 @@ def _capture(args: argparse.Namespace) -> int:
 def _intervene(args: argparse.Namespace) -> int:
     import logging
 
-    from spectra_attn.capture import CaptureSettings
-    from spectra_attn.checks import run_check
     from spectra_attn.gates import CHECKS
-    from spectra_attn.intervention import HeadSpec, run_head_sweep
+    from spectra_attn.model.attention import CaptureSettings
+    from spectra_attn.model.checks import run_check
+    from spectra_attn.model.intervention import HeadSpec, run_head_sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if len(args.scales) < 2:
@@ -154,7 +158,7 @@ def _intervene(args: argparse.Namespace) -> int:
     outputs = {
         "tokens": head_dir / "tokens.parquet",
         "sweep": head_dir / "sweep.parquet",
-        "seed_csv": head_dir / "q_scale_intervention_results.csv",
+        "scale_summary": head_dir / "q_scale_intervention_results.csv",
         "trends": head_dir / "trend_analysis.csv",
     }
     run_head_sweep(
@@ -186,7 +190,7 @@ def _intervene(args: argparse.Namespace) -> int:
 def _sagemaker_run(args: argparse.Namespace) -> int:
     import logging
 
-    from spectra_attn.run_state import RemoteState, run_workflow, s3_client, snakemake_command
+    from spectra_attn.run.run_state import RemoteState, run_workflow, s3_client, snakemake_command
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     state = RemoteState(s3_client(), args.prefix, args.directory, args.sources)
@@ -205,7 +209,7 @@ def _sagemaker_launch(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
 
-    from spectra_attn.sagemaker import default_job_name, launch, training_job_request
+    from spectra_attn.run.sagemaker import default_job_name, launch, training_job_request
 
     region = args.region
     if region is None:
@@ -297,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--query-block-size", **_option("capture", "query_block_size"))
     capture.add_argument("--trust-remote-code", action="store_true")
     capture.add_argument(
-        "--csv", action="store_true", help="also write the seed's attention_metrics_<time>.csv"
+        "--csv",
+        action="store_true",
+        help="also write the original project's attention_metrics_<time>.csv",
     )
     capture.set_defaults(handler=_capture)
 

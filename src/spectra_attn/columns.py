@@ -8,8 +8,9 @@ module would rerun (hours of GPU time at scale) whenever that analysis code is e
 
 from __future__ import annotations
 
-# The seed's columns of capture's rows, in its order: the first columns of every capture part.
-SEED_CSV_COLUMNS = (
+# The original project's columns of capture's rows, in its order: the first columns of every
+# capture part.
+ORIGINAL_CSV_COLUMNS = (
     "sample_id",
     "layer",
     "head",

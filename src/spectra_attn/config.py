@@ -7,6 +7,7 @@ The same schema file validates the config inside Snakemake (``rules/common.smk``
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -15,19 +16,23 @@ from typing import Any
 import jsonschema
 import yaml
 
+from spectra_attn.io import atomic_path
+from spectra_attn.model.architectures import UnsupportedModelError, pre_rope_meaning
+
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 DEMO_MODEL_PATH = "resources/demo/model"
 DEMO_CORPUS_PATH = "resources/demo/slimpajama"
 
 
-# Keys that only decide how the work is cut (batch and block sizes): they reach the jobs as
-# resources, never as params, change no result, and are left out of what identifies an output
-# (the shard store's digest, the provenance's configuration hash).
+# Keys that only decide how the work is cut (batch and block sizes, GPUs per job): they reach the
+# jobs as resources, never as params, change no result, and are left out of what identifies an
+# output (the shard store's digest, the provenance's configuration hash).
 EXECUTION_KEYS = (
     ("data", "tokenize_batch_size"),
     ("capture", "batch_size"),
     ("capture", "query_block_size"),
     ("intervention", "batch_size"),
+    ("model", "gpus"),
 )
 
 
@@ -101,6 +106,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
     ):
         whole = f" (write {int(error.instance)})" if error.instance.is_integer() else ""
         return f"config key '{key}': {error.instance!r} is not an integer{whole}"
+    if error.validator == "anyOf" and error.context:
+        # Of the alternatives, the one of the value's own type says what is wrong (an unknown
+        # device_map strategy, a bad device in a mapping); "is not valid under any" does not.
+        branches: dict[Any, list[jsonschema.ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        for errors in branches.values():
+            if not any(e.validator == "type" and not e.relative_path for e in errors):
+                return _describe(errors[0])
+        alternatives = "; ".join(sorted({e.message for e in error.context}))
+        return f"config key '{key}': {error.instance!r} fits none of the forms ({alternatives})"
     return f"config key '{key}': {error.message}"
 
 
@@ -139,6 +155,51 @@ def _head_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _placement_problems(config: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about model.device_map, model.gpus and max_memory_per_gpu: how
+    they fit together and with device."""
+    model, device = config["model"], config["device"]
+    device_map, gpus = model["device_map"], model["gpus"]
+    problems = []
+    if device_map is None:
+        if gpus > 1:
+            problems.append(
+                f"config key 'model.gpus': {gpus} GPUs per job need model.device_map (e.g. auto) "
+                "to spread the model over them; without one the job would use only the first"
+            )
+        if model["max_memory_per_gpu"] is not None:
+            problems.append(
+                "config key 'model.max_memory_per_gpu': shapes a model.device_map strategy; "
+                "set model.device_map (e.g. auto) or remove it"
+            )
+        return problems
+    if isinstance(device_map, str):
+        if device == "cpu":
+            problems.append(
+                f"config key 'model.device_map': {device_map} spreads the model over GPUs, but "
+                "device is cpu; set device to auto or cuda, or model.device_map to null"
+            )
+        return problems
+    gpu_indices = sorted({d for d in device_map.values() if isinstance(d, int)})
+    if gpu_indices and device == "cpu":
+        problems.append(
+            "config key 'model.device_map': puts modules on GPU "
+            f"{', '.join(map(str, gpu_indices))}, but device is cpu (which takes a mapping to cpu "
+            "and disk only)"
+        )
+    elif gpu_indices and gpu_indices[-1] >= gpus:
+        problems.append(
+            f"config key 'model.device_map': puts modules on GPU {gpu_indices[-1]}, but each job "
+            f"holds model.gpus: {gpus} (GPUs 0-{gpus - 1}); raise model.gpus"
+        )
+    if model["max_memory_per_gpu"] is not None:
+        problems.append(
+            "config key 'model.max_memory_per_gpu': shapes a model.device_map strategy (auto, "
+            "balanced...); an explicit mapping already says where each module goes"
+        )
+    return problems
+
+
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     """Return a validated copy of ``config`` with every missing key set to its default.
 
@@ -149,7 +210,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     _fill_defaults(instance, schema)
     validator = _STRICT_VALIDATOR(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    problems = [_describe(e) for e in errors] or _head_problems(instance)
+    problems = [_describe(e) for e in errors] or [
+        *_head_problems(instance),
+        *_placement_problems(instance),
+    ]
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return instance
@@ -195,8 +259,8 @@ def sample_counts(config: Mapping[str, Any]) -> dict[str, int]:
 
 
 def describe(config: Mapping[str, Any]) -> str:
-    """Every design decision and metric formula that the configuration implies (the seed's
-    show_experiment_config), as plain text."""
+    """Every design decision and metric formula that the configuration implies (the original
+    project's show_experiment_config), as plain text."""
     model, data, capture, intervention = (
         config["model"],
         config["data"],
@@ -225,6 +289,7 @@ def describe(config: Mapping[str, Any]) -> str:
         f"  dtype                 {model['dtype']} (metrics always computed in float32)",
         f"  trust_remote_code     {model['trust_remote_code']}",
         f"  device                {config['device']}",
+        *_placement_lines(model),
         f"  seed                  {config['seed']}",
         "",
         "Data",
@@ -280,13 +345,25 @@ def describe(config: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _placement_lines(model: Mapping[str, Any]) -> list[str]:
+    """How a model spread over several devices is placed (nothing for one device)."""
+    device_map = model["device_map"]
+    if device_map is None:
+        return []
+    if isinstance(device_map, str):
+        cap = model["max_memory_per_gpu"]
+        where = f"{device_map}, at most {cap} of weights per GPU" if cap else device_map
+    else:
+        where = f"explicit mapping of {len(device_map)} module(s)"
+    return [
+        f"  device_map            layers spread over {model['gpus']} GPU(s) per job by "
+        f"accelerate ({where})"
+    ]
+
+
 def _architecture_line(config: Mapping[str, Any]) -> str:
     """The model's architecture and what pre-RoPE means for it, when its config.json is here (a
     hub model's is read by its job)."""
-    import json
-
-    from spectra_attn.architectures import UnsupportedModelError, pre_rope_meaning
-
     if uses_demo_model(config):
         shape: dict[str, Any] = {"model_type": "llama"}
     else:
@@ -304,8 +381,6 @@ def _architecture_line(config: Mapping[str, Any]) -> str:
 def write_description(config: Mapping[str, Any], path: str | Path) -> None:
     """:func:`describe`'s text followed by every value of the (validated) configuration as YAML,
     written atomically to ``path``: the run's configuration, as the report shows it."""
-    from spectra_attn.io import atomic_path
-
     text = (
         describe(config)
         + "\n\nEvery value (validated, defaults filled in)\n\n"

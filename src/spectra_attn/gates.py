@@ -1,6 +1,7 @@
 """What makes a check a gate: its report's tolerance by model dtype, and ``require``, which stops
 the workflow when a report did not pass. Free of torch, so analysis jobs (whose environment has
-no torch) can gate on reports too; the checks that run the model are in :mod:`spectra_attn.checks`.
+no torch) can gate on reports too; the checks that run the model are in
+:mod:`spectra_attn.model.checks`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ TOLERANCES = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
 ATLAS_TOLERANCES = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 
 
-# The gate checks run on every intervened head (spectra_attn.checks), in the order they run.
+# The gate checks run on every intervened head (spectra_attn.model.checks), in the order they run.
 CHECKS = ("baseline_sanity", "isolation", "temperature_identity")
 
 

@@ -156,7 +156,7 @@ def write_parquet(frame, path: str | Path, metadata: dict[str, str] | None = Non
         if not metadata:
             frame.to_parquet(tmp, compression="zstd", index=False)
             return
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: every process imports this module, most never write Parquet
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pandas(frame, preserve_index=False)

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spectra_attn import __version__
 from spectra_attn.config import EXECUTION_KEYS
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ def workflow_identity(basedir: str | Path) -> dict[str, Any]:
     """Spectra's version and the git commit of the workflow at ``basedir``, and whether its tree
     has changes (tracked or untracked, not ignored files); commit and dirty are None outside a git
     checkout."""
-    from spectra_attn import __version__
-
     commit = _git(basedir, "rev-parse", "HEAD")
     status = _git(basedir, "status", "--porcelain") if commit else None
     return {
@@ -129,7 +128,7 @@ def parquet_metadata(record: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def read_parquet(path: str | Path) -> dict[str, Any] | None:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: Snakemake's main process imports this module
 
     values = pq.read_schema(path).metadata or {}
     raw = values.get(KEY.encode())
@@ -144,7 +143,7 @@ def write_duckdb(con: Any, record: Mapping[str, Any] | None) -> None:
 
 
 def read_duckdb(path: str | Path) -> dict[str, Any] | None:
-    import duckdb
+    import duckdb  # lazy: Snakemake's main process imports this module
 
     con = duckdb.connect(str(path), read_only=True)
     try:
