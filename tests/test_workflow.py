@@ -341,7 +341,7 @@ def test_editing_the_metrics_code_reruns_capture(demo_run):
     import os
 
     workdir, _, _ = demo_run
-    module = workdir.parent / "src" / "spectra_attn" / "metrics.py"  # the copy's
+    module = workdir.parent / "src" / "spectra_attn" / "model" / "metrics.py"  # the copy's
     original, before = module.read_bytes(), module.stat()
     try:
         module.write_bytes(original + b"\n# edited by tests/test_workflow.py\n")
