@@ -34,6 +34,7 @@ except spectra_config.ConfigError as error:
 # takes its values from RUNS[wildcards.run], so a changed entry reruns its own jobs only.
 RUNS = spectra_config.resolve_runs(config)
 SEVERAL = bool(config["models"])
+HUB_DATASET_DIR = str(hub_cache_dir(config["data"]["source"], config["data"]["split"]))
 # run_name → the shard store it reads: make_shards writes into a folder named by what the shards
 # are made from (data keys, tokenizer, demo settings), so a changed value writes beside finished
 # shards, never over them, and going back finds them as they were. Models with the same tokenizer
@@ -45,7 +46,16 @@ for _run, _store in STORES.items():
     STORE_OWNERS.setdefault(_store, _run)
 
 if workflow.is_main_process:
+    # fetch_dataset downloads the top-level data.source's split only.
     _problems = [
+        f"{run}: config key 'data.source': a hub dataset is downloaded for the top-level "
+        "data.source and data.split only; give the entry a local folder"
+        for run, run_config in RUNS.items()
+        if is_hub_id(run_config["data"]["source"])
+        and str(hub_cache_dir(run_config["data"]["source"], run_config["data"]["split"]))
+        != HUB_DATASET_DIR
+    ]
+    _problems += [
         (f"{run}: " if SEVERAL else "") + problem
         for run, run_config in RUNS.items()
         for problem in preflight.problems(run_config, store=STORES[run])
@@ -82,7 +92,6 @@ else:
 COMPARISON = f"results/{config['run_name']}/comparison"
 COMPARISON_LOG = f"results/{config['run_name']}/logs/compare_models.log"
 PACKAGE = Path(workflow.basedir) / "src" / "spectra_attn"
-HUB_DATASET_DIR = str(hub_cache_dir(config["data"]["source"], config["data"]["split"]))
 
 
 def run_config(wildcards):

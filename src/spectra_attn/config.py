@@ -208,8 +208,6 @@ def _without_models(config: Mapping[str, Any]) -> dict[str, Any]:
 def _models_problems(config: Mapping[str, Any]) -> list[str]:
     """What the schema cannot say about ``models:``: distinct run names, each entry's
     configuration valid, and one set of demo settings per demo model folder."""
-    from spectra_attn.corpus import is_hub_id
-
     entries = config["models"]
     names = [entry["run_name"] for entry in entries]
     problems = [
@@ -232,20 +230,6 @@ def _models_problems(config: Mapping[str, Any]) -> list[str]:
             lines = str(error).splitlines()[1:]
             problems += [f"{where}: {line.strip().removeprefix('- ')}" for line in lines]
             continue
-        data, top = resolved["data"], config["data"]
-        if is_hub_id(data["source"]) and (data["source"], data["split"]) != (
-            top["source"],
-            top["split"],
-        ):
-            problems.append(
-                f"config key 'models[{index}].data': a hub dataset is downloaded for the "
-                "top-level data.source and data.split only; give the entry a local folder"
-            )
-        if uses_demo_corpus(resolved) and resolved["seed"] != config["seed"]:
-            problems.append(
-                f"config key 'models[{index}].seed': the demo corpus is written once, from the "
-                "top-level seed; an entry reading it cannot have another"
-            )
         path = Path(resolved["model"]["name_or_path"])
         if path == Path(DEMO_MODEL_PATH) and resolved["demo"] != config["demo"]:
             problems.append(
