@@ -53,7 +53,7 @@ def snakemake(workdir: Path, cores: int, *configfiles: str, extra: tuple = ()) -
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d"]
     command += [str(workdir), "--cores", str(cores), "--resources", "gpu=1"]
     if configfiles:
-        command += ["--configfile", *configfiles]
+        command += ["--configfile", *(str(workdir / name) for name in configfiles)]
     started = time.perf_counter()
     result = subprocess.run([*command, *extra], capture_output=True, text=True)
     elapsed = time.perf_counter() - started

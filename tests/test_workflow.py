@@ -686,7 +686,8 @@ def two_model_run(checkout):
     shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
     shutil.copy(ROOT / "configs" / "demo-two-models.yaml", workdir / "two.yaml")
     (workdir / "small.yaml").write_text(SMALL_RUN)
-    args = ["--cores", "2", "--resources", "gpu=1", "--configfile", "two.yaml", "small.yaml"]
+    configfiles = [str(workdir / name) for name in ("two.yaml", "small.yaml")]
+    args = ["--cores", "2", "--resources", "gpu=1", "--configfile", *configfiles]
     dry = snakemake(workdir, *args, "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
     real = snakemake(workdir, *args)
@@ -726,7 +727,7 @@ def test_each_models_outputs_are_where_a_run_of_it_alone_puts_them(two_model_run
         assert "consistent: every output" in (folder / "provenance.txt").read_text()
     # The first model alone (config.yaml and the same small settings, no models:) finds its
     # outputs made, with the records it would have made itself: nothing to do.
-    alone = snakemake(workdir, "--cores", "1", "--configfile", "small.yaml", "-n")
+    alone = snakemake(workdir, "--cores", "1", "--configfile", str(workdir / "small.yaml"), "-n")
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "Nothing to be done" in alone.stdout + alone.stderr, alone.stdout[-3000:]
 
@@ -758,7 +759,8 @@ def test_the_comparison_reads_each_runs_own_outputs(two_model_run):
     con.close()
     for name in ("verdicts", "atlas_depth", "correlations"):
         assert (folder / f"comparison_{name}.png").stat().st_size > 1000
-    result = snakemake(workdir, "--configfile", "two.yaml", "small.yaml", "--report", "report.html")
+    configfiles = [str(workdir / name) for name in ("two.yaml", "small.yaml")]
+    result = snakemake(workdir, "--configfile", *configfiles, "--report", "report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Comparison" in (workdir / "report.html").read_text(errors="ignore")
 
@@ -801,7 +803,8 @@ def test_changing_one_model_reruns_that_models_jobs_only(
 ):
     workdir, _, _ = two_model_run
     overlay = changed_models(workdir, index, change)
-    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", overlay, "small.yaml")
+    configfiles = [str(workdir / name) for name in (overlay, "small.yaml")]
+    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", *configfiles)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_runs(result)
     assert "compare_models" in jobs
