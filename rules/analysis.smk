@@ -235,6 +235,6 @@ rule describe_config:
     conda:
         "../envs/analysis.yaml"
     params:
-        config=run_config,
+        config=described_config,
     script:
         "../workflow_scripts/describe_config.py"

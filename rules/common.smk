@@ -99,6 +99,21 @@ def run_config(wildcards):
     return RUNS[wildcards.run]
 
 
+def described_config(wildcards):
+    """The run's configuration for describe_config, its keys sorted at every level: Snakemake
+    records a param by its repr, so the order in which config files happen to give the keys
+    must not count (the description lists them sorted anyway)."""
+
+    def sorted_keys(value):
+        if isinstance(value, dict):
+            return {key: sorted_keys(value[key]) for key in sorted(value)}
+        if isinstance(value, list):
+            return [sorted_keys(item) for item in value]
+        return value
+
+    return sorted_keys(run_config(wildcards))
+
+
 def setting(*keys):
     """A function of the job's wildcards: the value at ``keys`` of its run's configuration (a
     param or resource; a param is recorded, so changing it reruns that run's jobs only).
