@@ -243,3 +243,11 @@ def test_the_comparison_writes_its_table_database_and_figures(tmp_path):
     for name in ("verdicts", "atlas", "correlations"):
         assert outputs[name].stat().st_size > 1000
         assert outputs[name].with_suffix(".svg").is_file()
+
+
+def test_config_show_lists_the_models():
+    text = spectra_config.describe(two_models())
+    assert "compared in results/demo-two-models/comparison/" in text
+    assert (
+        "demo-small            resources/demo/models/small (float32), heads L1H0 (target)" in text
+    )

@@ -361,6 +361,25 @@ def describe(config: Mapping[str, Any]) -> str:
         "k_eff decreasing (weakest)",
         "  gain                  Gain = d mean(max_attn) / d ln(s), by OLS",
     ]
+    if config.get("models"):
+        lines += [
+            "",
+            f"Models (each a run of its own, the values above with its keys laid over them; "
+            f"compared in results/{config['run_name']}/comparison/)",
+        ]
+        for name, run in resolve_runs(config).items():
+            selected = run["intervention"]
+            heads = (
+                "auto"
+                if selected["select"] == "auto"
+                else ", ".join(
+                    f"L{h['layer']}H{h['head']} ({h['role']})" for h in selected["heads"]
+                )
+            )
+            lines.append(
+                f"  {name:<21} {run['model']['name_or_path']} ({run['model']['dtype']}), "
+                f"heads {heads}"
+            )
     return "\n".join(lines)
 
 
