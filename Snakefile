@@ -29,6 +29,7 @@ include: "rules/capture.smk"
 include: "rules/intervention.smk"
 include: "rules/aggregate.smk"
 include: "rules/analysis.smk"
+include: "rules/compare.smk"
 
 
 rule all:

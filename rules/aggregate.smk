@@ -15,16 +15,16 @@ rule aggregate_partial:
     conda:
         "../envs/analysis.yaml"
     params:
-        context_length=config["data"]["context_length"],
-        bins=config["aggregate"]["histogram_bins"],
+        context_length=setting("data", "context_length"),
+        bins=setting("aggregate", "histogram_bins"),
     script:
         "../workflow_scripts/aggregate_partial.py"
 
 
 rule aggregate:
     input:
-        partials=aggregate_partials(),
-        parts=capture_parts(),
+        partials=aggregate_partials,
+        parts=capture_parts,
         code=package_code("aggregate"),
     output:
         database=f"{RUN}/aggregate/spectra.duckdb",
@@ -40,7 +40,7 @@ rule aggregate:
         "../envs/analysis.yaml"
     threads: 2
     params:
-        context_length=config["data"]["context_length"],
-        bins=config["aggregate"]["histogram_bins"],
+        context_length=setting("data", "context_length"),
+        bins=setting("aggregate", "histogram_bins"),
     script:
         "../workflow_scripts/aggregate.py"

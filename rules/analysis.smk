@@ -5,9 +5,9 @@
 
 rule atlas:
     input:
-        manifest=rules.make_shards.output.manifest,
-        shards=rules.make_shards.output.shards,
-        model=model_inputs(),
+        manifest=shard_files("manifest"),
+        shards=shard_files("shards"),
+        model=model_inputs,
         code=package_code("atlas"),
     output:
         part=f"{RUN}/atlas/part_{{part}}.parquet",
@@ -21,22 +21,22 @@ rule atlas:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus(),
-        batch_size=config["capture"]["batch_size"],
-        query_block_size=config["capture"]["query_block_size"],
+        gpu=model_gpus,
+        batch_size=setting("capture", "batch_size"),
+        query_block_size=setting("capture", "query_block_size"),
     params:
-        model=model_settings(),
+        model=model_settings,
         model_path=model_path,
         sample_range=capture_sample_range,
-        scales=atlas_scales(),
-        capture=capture_settings(),
+        scales=atlas_scales,
+        capture=capture_settings,
     script:
         "../workflow_scripts/atlas.py"
 
 
 rule check_atlas_vs_sweep:
     input:
-        atlas=atlas_parts(),
+        atlas=atlas_parts,
         sweeps=sweep_tables,
         code=package_code("check_atlas_vs_sweep"),
     output:
@@ -46,14 +46,14 @@ rule check_atlas_vs_sweep:
     conda:
         "../envs/analysis.yaml"
     params:
-        tolerance=atlas_tolerance(),
+        tolerance=atlas_tolerance,
     script:
         "../workflow_scripts/check_atlas_vs_sweep.py"
 
 
 rule atlas_gain:
     input:
-        parts=atlas_parts(),
+        parts=atlas_parts,
         code=package_code("atlas_gain"),
     output:
         gains=f"{RUN}/atlas/atlas_gain.csv",
@@ -81,8 +81,8 @@ rule gain:
     conda:
         "../envs/analysis.yaml"
     params:
-        bootstrap_samples=config["gain"]["bootstrap_samples"],
-        seed=config["seed"],
+        bootstrap_samples=setting("gain", "bootstrap_samples"),
+        seed=setting("seed"),
     script:
         "../workflow_scripts/gain.py"
 
@@ -145,6 +145,7 @@ rule plots:
         # Snakemake tracks and cleans them too.
         svg=expand(
             f"{RUN}/plots/{{name}}.svg",
+            allow_missing=True,
             name=[
                 "intervention_panels",
                 "downstream_effects",
@@ -190,14 +191,14 @@ rule verdict_page:
     conda:
         "../envs/analysis.yaml"
     params:
-        settings=verdict_settings(),
+        settings=verdict_settings,
     script:
         "../workflow_scripts/verdict_page.py"
 
 
 rule provenance:
     input:
-        capture=capture_parts(),
+        capture=capture_parts,
         sweeps=sweep_tables,
         tokens=token_tables,
         database=rules.aggregate.output.database,
@@ -215,7 +216,7 @@ rule provenance:
     conda:
         "../envs/analysis.yaml"
     params:
-        run_name=config["run_name"],
+        run_name=setting("run_name"),
     script:
         "../workflow_scripts/provenance.py"
 
@@ -236,6 +237,6 @@ rule describe_config:
     conda:
         "../envs/analysis.yaml"
     params:
-        config=config,
+        config=described_config,
     script:
         "../workflow_scripts/describe_config.py"

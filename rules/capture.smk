@@ -4,7 +4,7 @@
 
 rule capture_samples:
     input:
-        manifest=rules.make_shards.output.manifest,
+        manifest=shard_files("manifest"),
         code=package_code("capture_samples"),
     output:
         samples=f"{RUN}/capture/samples.parquet",
@@ -13,16 +13,16 @@ rule capture_samples:
     conda:
         "../envs/data.yaml"
     params:
-        n_samples=config["capture"]["n_samples"],
+        n_samples=setting("capture", "n_samples"),
     script:
         "../workflow_scripts/capture_samples.py"
 
 
 rule capture:
     input:
-        manifest=rules.make_shards.output.manifest,
-        shards=rules.make_shards.output.shards,
-        model=model_inputs(),
+        manifest=shard_files("manifest"),
+        shards=shard_files("shards"),
+        model=model_inputs,
         code=package_code("capture"),
     output:
         part=f"{RUN}/capture/part_{{part}}.parquet",
@@ -36,14 +36,14 @@ rule capture:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus(),
-        batch_size=config["capture"]["batch_size"],
-        query_block_size=config["capture"]["query_block_size"],
+        gpu=model_gpus,
+        batch_size=setting("capture", "batch_size"),
+        query_block_size=setting("capture", "query_block_size"),
     params:
-        model=model_settings(),
+        model=model_settings,
         model_path=model_path,
         sample_range=capture_sample_range,
-        capture=capture_settings(),
+        capture=capture_settings,
         provenance=run_provenance,
     script:
         "../workflow_scripts/capture.py"
@@ -51,7 +51,7 @@ rule capture:
 
 rule export_capture_csv:
     input:
-        parts=capture_parts(),
+        parts=capture_parts,
         code=package_code("export_capture_csv"),
     output:
         csv=f"{RUN}/capture/attention_metrics.csv",

@@ -9,7 +9,7 @@ rule fetch_dataset:
     output:
         dataset_dir=directory(HUB_DATASET_DIR),
     log:
-        f"{LOGS}/fetch_dataset.log",
+        f"results/{config['run_name']}/logs/fetch_dataset.log",
     retries: 2
     localrule: True
     conda:
@@ -28,27 +28,27 @@ rule fetch_dataset:
 # never from config in the script. No benchmark: Snakemake refuses one on a cached rule.
 rule make_shards:
     input:
-        corpus=corpus_inputs(),
-        model=model_inputs(),
+        corpus=corpus_inputs,
+        model=store_model_inputs,
         code=package_code("make_shards"),
     output:
         shards=directory(f"{SHARD_STORE}/shards"),
         manifest=f"{SHARD_STORE}/manifest.json",
     log:
-        f"{LOGS}/make_shards.log",
+        MAKE_SHARDS_LOG,
     cache: True
     conda:
         "../envs/data.yaml"
     threads: 2
     resources:
-        tokenize_batch_size=config["data"]["tokenize_batch_size"],
-        required_sequences=required_sequences(),
+        tokenize_batch_size=store_setting("data", "tokenize_batch_size"),
+        required_sequences=required_sequences,
     params:
         source=corpus_dir,
-        split=config["data"]["split"],
-        tokenizer=tokenizer_settings(),
-        tokenizer_path=model_path,
-        data=shard_settings(),
+        split=store_setting("data", "split"),
+        tokenizer=tokenizer_settings,
+        tokenizer_path=tokenizer_path,
+        data=shard_settings,
     script:
         "../workflow_scripts/make_shards.py"
 
@@ -58,8 +58,8 @@ rule make_shards:
 # reruns anything.
 rule publish_shards:
     input:
-        shards=rules.make_shards.output.shards,
-        manifest=rules.make_shards.output.manifest,
+        shards=shard_files("shards"),
+        manifest=shard_files("manifest"),
         code=package_code("publish_shards"),
     output:
         shards=directory(f"{RUN}/data/shards"),

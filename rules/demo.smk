@@ -39,3 +39,15 @@ rule build_demo_model:
         seed=config["seed"],
     script:
         "../workflow_scripts/build_demo_model.py"
+
+
+# A further demo model of a several-model configuration (models:), built from its entry's demo
+# settings at resources/demo/models/<name>; resources/demo/model stays the top-level settings' one.
+use rule build_demo_model as build_other_demo_model with:
+    output:
+        model_dir=directory("resources/demo/models/{demo_model}"),
+    log:
+        "results/logs/build_demo_model/{demo_model}.log",
+    params:
+        demo=other_demo_settings,
+        seed=config["seed"],

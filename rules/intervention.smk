@@ -5,7 +5,7 @@
 
 checkpoint select_heads:
     input:
-        parts=capture_parts(),
+        parts=capture_parts,
         code=package_code("select_heads"),
     output:
         heads=f"{RUN}/intervention/selected_heads.json",
@@ -20,9 +20,9 @@ checkpoint select_heads:
 
 rule intervention_sweep:
     input:
-        manifest=rules.make_shards.output.manifest,
-        shards=rules.make_shards.output.shards,
-        model=model_inputs(),
+        manifest=shard_files("manifest"),
+        shards=shard_files("shards"),
+        model=model_inputs,
         code=package_code("intervention_sweep"),
     output:
         tokens=f"{RUN}/intervention/L{{layer}}_H{{head}}/tokens.parquet",
@@ -40,16 +40,16 @@ rule intervention_sweep:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus(),
-        batch_size=config["intervention"]["batch_size"],
-        query_block_size=config["capture"]["query_block_size"],
+        gpu=model_gpus,
+        batch_size=setting("intervention", "batch_size"),
+        query_block_size=setting("capture", "query_block_size"),
     params:
-        model=model_settings(),
+        model=model_settings,
         model_path=model_path,
         head=head_spec,
         scales=head_scales,
         n_samples=head_n_samples,
-        capture=capture_settings(),
+        capture=capture_settings,
         provenance=run_provenance,
     script:
         "../workflow_scripts/intervention_sweep.py"
@@ -57,9 +57,9 @@ rule intervention_sweep:
 
 rule check_baseline_sanity:
     input:
-        manifest=rules.make_shards.output.manifest,
-        shards=rules.make_shards.output.shards,
-        model=model_inputs(),
+        manifest=shard_files("manifest"),
+        shards=shard_files("shards"),
+        model=model_inputs,
         code=package_code("check_intervention"),
     output:
         report=f"{RUN}/checks/baseline_sanity_L{{layer}}_H{{head}}.json",
@@ -72,16 +72,16 @@ rule check_baseline_sanity:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus(),
-        query_block_size=config["capture"]["query_block_size"],
+        gpu=model_gpus,
+        query_block_size=setting("capture", "query_block_size"),
     params:
         check=check_name,
-        model=model_settings(),
+        model=model_settings,
         model_path=model_path,
         head=head_spec,
         scales=head_scales,
-        n_samples=config["intervention"]["check_samples"],
-        capture=capture_settings(),
+        n_samples=setting("intervention", "check_samples"),
+        capture=capture_settings,
     script:
         "../workflow_scripts/check_intervention.py"
 

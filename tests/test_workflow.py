@@ -647,3 +647,176 @@ def test_the_workflow_runs_end_to_end_on_the_family(demo_run, name):
     metadata = pq.read_schema(part).metadata
     expected = {"gpt2": "gpt2", "pythia": "gpt_neox", "gemma2": "gemma2"}[name]
     assert metadata[b"architecture.model_type"] == expected.encode()
+
+
+# ---- several models in one configuration (issue 17) -------------------------------------------
+# configs/demo-two-models.yaml (the demo Llama and a smaller demo Llama of another shape, both
+# built by the workflow, sharing the demo tokenizer) at a small size, in a working directory of
+# its own.
+SMALL_RUN = """data:
+  max_sequences: 64
+  sequences_per_shard: 32
+capture:
+  n_samples: 16
+  samples_per_job: 8
+intervention:
+  n_samples: 8
+gain:
+  bootstrap_samples: 200
+demo:
+  train_steps: 20
+"""
+
+
+def planned_runs(result: subprocess.CompletedProcess) -> dict[str, set[str]]:
+    """Each planned rule → the run wildcards of its jobs (empty for a job without one)."""
+    jobs: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            found = re.search(r"wildcards: (?:.*, )?run=([^,\s]+)", block)
+            jobs.setdefault(rule.group(1), set()).update([found.group(1)] if found else [])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def two_model_run(checkout):
+    workdir = checkout / "two_models"
+    workdir.mkdir()
+    shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
+    shutil.copy(ROOT / "configs" / "demo-two-models.yaml", workdir / "two.yaml")
+    (workdir / "small.yaml").write_text(SMALL_RUN)
+    configfiles = [str(workdir / name) for name in ("two.yaml", "small.yaml")]
+    args = ["--cores", "2", "--resources", "gpu=1", "--configfile", *configfiles]
+    dry = snakemake(workdir, *args, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    real = snakemake(workdir, *args)
+    assert real.returncode == 0, real.stderr[-5000:]
+    return workdir, dry, real
+
+
+def test_two_models_share_the_shards_made_once(two_model_run):
+    workdir, dry, real = two_model_run
+    assert dry.stdout.count("rule make_shards:") == 1
+    assert len(re.findall(r"^rule make_shards:", real.stdout + real.stderr, re.MULTILINE)) <= 1
+    stores = sorted((workdir / "resources" / "shards").iterdir())
+    assert len(stores) == 1
+    assert planned_runs(dry)["capture"] == {"demo", "demo-small"}
+    manifests = [
+        json.loads((workdir / "results" / run / "data" / "manifest.json").read_text())
+        for run in ("demo", "demo-small")
+    ]
+    assert manifests[0]["made_in"] == manifests[1]["made_in"] == str(stores[0].relative_to(workdir))
+    # Both models' own tokenizers are the one that made them (their jobs check it too).
+    from spectra_attn.data.shards import load_tokenizer
+
+    for folder in ("model", "models/small"):
+        _, info = load_tokenizer(str(workdir / "resources" / "demo" / folder))
+        assert info.fingerprint == manifests[0]["tokenizer"]["fingerprint"]
+
+
+def test_each_models_outputs_are_where_a_run_of_it_alone_puts_them(two_model_run):
+    workdir, _, _ = two_model_run
+    for run, target in (("demo", "L2_H0"), ("demo-small", "L1_H0")):
+        folder = workdir / "results" / run
+        verdict = json.loads((folder / "gain" / "verdict.json").read_text())
+        assert f"L{verdict['target']['layer']}_H{verdict['target']['head']}" == target
+        assert (folder / "intervention" / target / "sweep.parquet").is_file()
+        assert (folder / "plots" / "verdict.html").is_file()
+        assert len(list((folder / "capture").glob("part_*.parquet"))) == 2
+        assert "consistent: every output" in (folder / "provenance.txt").read_text()
+    # The first model alone (config.yaml and the same small settings, no models:) finds its
+    # outputs made, with the records it would have made itself: nothing to do.
+    alone = snakemake(workdir, "--cores", "1", "--configfile", str(workdir / "small.yaml"), "-n")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "Nothing to be done" in alone.stdout + alone.stderr, alone.stdout[-3000:]
+
+
+def test_the_comparison_reads_each_runs_own_outputs(two_model_run):
+    import duckdb
+    import pandas as pd
+
+    workdir, _, _ = two_model_run
+    folder = workdir / "results" / "demo-two-models" / "comparison"
+    table = pd.read_csv(folder / "comparison.csv")
+    assert list(table.run_name) == ["demo", "demo-small"]
+    for row in table.to_dict("records"):
+        run = workdir / "results" / row["run_name"]
+        verdict = json.loads((run / "gain" / "verdict.json").read_text())
+        atlas = pd.read_csv(run / "atlas" / "atlas_gain.csv")
+        con = duckdb.connect(str(run / "aggregate" / "spectra.duckdb"), read_only=True)
+        rho = con.execute("SELECT spearman_qn_entropy FROM head_summary").df()
+        con.close()
+        for key in ("gain_ratio", "ratio_ci_low", "ratio_ci_high", "target_percentile"):
+            assert row[key] == pytest.approx(verdict[key], rel=1e-12), key
+        assert row["verdict"] == verdict["verdict"]
+        target = verdict["target"]
+        assert (row["target_layer"], row["target_head"]) == (target["layer"], target["head"])
+        assert (row["n_layers"], row["n_heads"]) == (atlas.layer.nunique(), atlas["head"].nunique())
+        assert row["spearman_rho_median"] == pytest.approx(rho.spearman_qn_entropy.median())
+    assert list(table.n_layers) == [4, 3] and list(table.n_heads) == [8, 4]
+    con = duckdb.connect(str(folder / "comparison.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM atlas").fetchone()[0] == 4 * 8 + 3 * 4
+    con.close()
+    for name in ("verdicts", "atlas_depth", "correlations"):
+        assert (folder / f"comparison_{name}.png").stat().st_size > 1000
+    configfiles = [str(workdir / name) for name in ("two.yaml", "small.yaml")]
+    result = snakemake(workdir, "--configfile", *configfiles, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Comparison" in (workdir / "report.html").read_text(errors="ignore")
+
+
+def changed_models(workdir: Path, index: int, change: dict) -> str:
+    """A copy of two.yaml with models[index] changed; its file name."""
+    import yaml
+
+    from spectra_attn.config import deep_merge
+
+    config = yaml.safe_load((workdir / "two.yaml").read_text())
+    config["models"][index] = deep_merge(config["models"][index], change)
+    name = f"changed_{index}.yaml"
+    (workdir / name).write_text(yaml.safe_dump(config))
+    return name
+
+
+@pytest.mark.parametrize(
+    ("index", "change", "changed", "kept"),
+    [
+        (1, {"model": {"dtype": "bfloat16"}}, "demo-small", "demo"),
+        (
+            0,
+            {
+                "intervention": {
+                    "heads": [
+                        {"layer": 2, "head": 0, "role": "target"},
+                        {"layer": 2, "head": 6, "role": "control"},
+                    ]
+                }
+            },
+            "demo",
+            "demo-small",
+        ),
+    ],
+    ids=["dtype_of_the_second", "head_of_the_first"],
+)
+def test_changing_one_model_reruns_that_models_jobs_only(
+    two_model_run, index, change, changed, kept
+):
+    """Also when the changed file gives its keys in another order (yaml.safe_dump sorts them)."""
+    workdir, _, _ = two_model_run
+    overlay = changed_models(workdir, index, change)
+    configfiles = [str(workdir / name) for name in (overlay, "small.yaml")]
+    result = snakemake(workdir, "--cores", "1", "-n", "--configfile", *configfiles)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_runs(result)
+    assert "compare_models" in jobs
+    assert not {"make_shards", "build_demo_model", "build_other_demo_model"} & set(jobs)
+    runs = set().union(*jobs.values())
+    assert runs == {changed}, jobs
+    assert "intervention_sweep" in jobs
+    if index == 0:  # one head changed: only its sweep, not the unchanged target's
+        assert "wildcards: run=demo, layer=2, head=6" in result.stdout
+        assert "layer=2, head=0" not in result.stdout
+    else:
+        assert "capture" in jobs
+    assert not re.search(rf"run={kept}[,\s]", result.stdout)

@@ -21,6 +21,9 @@ from spectra_attn.model.architectures import UnsupportedModelError, pre_rope_mea
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 DEMO_MODEL_PATH = "resources/demo/model"
+# Further demo models of a several-model configuration (``models:``), one folder each, built from
+# their entry's demo settings; resources/demo/model stays the one of the top-level demo settings.
+DEMO_MODELS_ROOT = "resources/demo/models"
 DEMO_CORPUS_PATH = "resources/demo/slimpajama"
 
 
@@ -214,6 +217,8 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         *_head_problems(instance),
         *_placement_problems(instance),
     ]
+    if not problems and instance.get("models"):
+        problems = _models_problems(instance)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return instance
@@ -235,7 +240,86 @@ def load(configfiles: Iterable[str | Path] = ()) -> dict[str, Any]:
 
 
 def uses_demo_model(config: Mapping[str, Any]) -> bool:
-    return Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL_PATH)
+    """Whether the workflow builds the model: resources/demo/model, or a further demo model
+    resources/demo/models/<name>."""
+    path = Path(config["model"]["name_or_path"])
+    return path == Path(DEMO_MODEL_PATH) or path.parent == Path(DEMO_MODELS_ROOT)
+
+
+# -- several models in one configuration (models:) ----------------------------------------------
+def run_config(config: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration of one ``models:`` entry, not yet validated: the top-level sections
+    with the entry's keys laid over them (as ``--configfile`` would), without ``models``."""
+    return deep_merge(_without_models(config), entry)
+
+
+def resolve_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """run_name → the validated configuration of that run, in the configuration's order: each
+    ``models:`` entry's, or, without ``models``, the configuration itself (less the empty
+    ``models`` key: the same values, and so the same records, as before the key existed)."""
+    if not config.get("models"):
+        return {config["run_name"]: _without_models(config)}
+    return {
+        entry["run_name"]: _without_models(validate(run_config(config, entry)))
+        for entry in config["models"]
+    }
+
+
+def _without_models(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key != "models"}
+
+
+def _models_problems(config: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about ``models:``: distinct run names, each entry's
+    configuration valid, and one set of demo settings per demo model folder."""
+    entries = config["models"]
+    names = [entry["run_name"] for entry in entries]
+    problems = [
+        f"config key 'models': run_name {name!r} is given to {names.count(name)} entries "
+        "(each model's outputs need a folder of their own)"
+        for name in sorted(set(names))
+        if names.count(name) > 1
+    ]
+    if config["run_name"] in names:
+        problems.append(
+            f"config key 'run_name': {config['run_name']!r} names the comparison of the models "
+            "(results/<run_name>/comparison/) and must differ from every models[].run_name"
+        )
+    built: dict[str, tuple[int, dict[str, Any]]] = {}
+    for index, entry in enumerate(entries):
+        where = f"models[{index}] ({entry['run_name']})"
+        try:
+            resolved = validate(run_config(config, entry))
+        except ConfigError as error:
+            lines = str(error).splitlines()[1:]
+            problems += [f"{where}: {line.strip().removeprefix('- ')}" for line in lines]
+            continue
+        path = Path(resolved["model"]["name_or_path"])
+        if path == Path(DEMO_MODEL_PATH) and resolved["demo"] != config["demo"]:
+            problems.append(
+                f"config key 'models[{index}].demo': {DEMO_MODEL_PATH} is built from the "
+                f"top-level demo settings; name another folder, {DEMO_MODELS_ROOT}/<name>, for "
+                "a demo model of other settings"
+            )
+        if uses_demo_model(resolved) and path != Path(DEMO_MODEL_PATH):
+            first = built.setdefault(str(path), (index, resolved["demo"]))
+            if first[1] != resolved["demo"]:
+                problems.append(
+                    f"config key 'models[{index}].demo': {path} is built by models[{first[0]}] "
+                    "with other demo settings; give each set of settings a folder of its own"
+                )
+    return problems
+
+
+def demo_models(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """name → demo settings of every further demo model the runs use (resources/demo/models/
+    <name>)."""
+    found = {}
+    for config in runs.values():
+        path = Path(config["model"]["name_or_path"])
+        if uses_demo_model(config) and path.parent == Path(DEMO_MODELS_ROOT):
+            found[path.name] = config["demo"]
+    return found
 
 
 def uses_demo_corpus(config: Mapping[str, Any]) -> bool:
@@ -342,6 +426,25 @@ def describe(config: Mapping[str, Any]) -> str:
         "k_eff decreasing (weakest)",
         "  gain                  Gain = d mean(max_attn) / d ln(s), by OLS",
     ]
+    if config.get("models"):
+        lines += [
+            "",
+            f"Models (each a run of its own, the values above with its keys laid over them; "
+            f"compared in results/{config['run_name']}/comparison/)",
+        ]
+        for name, run in resolve_runs(config).items():
+            selected = run["intervention"]
+            heads = (
+                "auto"
+                if selected["select"] == "auto"
+                else ", ".join(
+                    f"L{h['layer']}H{h['head']} ({h['role']})" for h in selected["heads"]
+                )
+            )
+            lines.append(
+                f"  {name:<21} {run['model']['name_or_path']} ({run['model']['dtype']}), "
+                f"heads {heads}"
+            )
     return "\n".join(lines)
 
 

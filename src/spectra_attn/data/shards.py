@@ -114,6 +114,63 @@ def store_dir(config: Mapping[str, Any]) -> Path:
     return Path(STORE_ROOT) / store_key(config)
 
 
+# The files a Hugging Face tokenizer is loaded from (whichever of them a folder holds).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "spiece.model",
+)
+
+
+def tokenizer_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the tokenizer is, by content where that can be known before any job runs, so that two
+    models with the same tokenizer share their shards: for a demo model, the settings its tokenizer
+    is trained from (the random seed, the corpus and demo.vocab_size, not the model's size); for a
+    local folder, the sha256 of its tokenizer files and the vocabulary size of its config.json (the
+    embedding bounds the valid ids); for a hub id, its name and revision. A wrong match cannot go
+    unseen: every model job compares its own tokenizer's fingerprint with the one the manifest
+    records (spectra_attn.model.loading.check_tokenizer)."""
+    if uses_demo_model(config):
+        return {"demo_tokenizer": {"seed": config["seed"], "vocab": config["demo"]["vocab_size"]}}
+    folder = Path(config["model"]["name_or_path"])
+    files = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if not files:
+        return {"settings": tokenizer_settings(config)}
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    try:
+        vocab = json.loads((folder / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        vocab = None
+    return {"files_sha256": digest.hexdigest(), "vocab_size": vocab}
+
+
+def assign_stores(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Path]:
+    """run_name → the shard store the run reads. Runs that make the same shards (the same data
+    settings and the same tokenizer, by :func:`tokenizer_identity`) share one store, named as
+    the first of them (in the configuration's order) would name it alone (:func:`store_dir`), so
+    a model that runs alone or first in a list reads the same shards. A single run: its
+    :func:`store_dir`, as ever."""
+    owners: dict[str, Path] = {}
+    stores = {}
+    for name, config in runs.items():
+        made_from = {
+            "data": shard_settings(config),
+            "tokenizer": tokenizer_identity(config),
+            "seed": config["seed"] if uses_demo_corpus(config) else None,
+        }
+        key = json.dumps(made_from, sort_keys=True)
+        stores[name] = owners.setdefault(key, store_dir(config))
+    return stores
+
+
 def publish(
     manifest_path: str | Path, out_dir: str | Path, out_manifest: str | Path
 ) -> dict[str, Any]:

@@ -30,16 +30,22 @@ SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 HubLookup = Callable[[str, str, str | None, str], str | None]
 
 
-def problems(config: Mapping[str, Any], hub_lookup: HubLookup = hub.repo_problem) -> list[str]:
-    """Every problem found, each naming the configuration key; empty when there is none."""
+def problems(
+    config: Mapping[str, Any],
+    hub_lookup: HubLookup = hub.repo_problem,
+    store: str | Path | None = None,
+) -> list[str]:
+    """Every problem found, each naming the configuration key; empty when there is none.
+    ``store``: the shard store the run reads, when it shares another run's
+    (spectra_attn.data.shards.assign_stores); by default its own."""
     return [
-        *_sample_counts(config),
+        *_sample_counts(config, store),
         *_model(config, hub_lookup),
         *_corpus(config, hub_lookup),
     ]
 
 
-def _sample_counts(config: Mapping[str, Any]) -> list[str]:
+def _sample_counts(config: Mapping[str, Any], store: str | Path | None = None) -> list[str]:
     """Each sample count against data.max_sequences, and against what the shards made with
     these settings hold when they exist (a corpus can yield fewer sequences than the maximum)."""
     available = config["data"]["max_sequences"]
@@ -50,7 +56,7 @@ def _sample_counts(config: Mapping[str, Any]) -> list[str]:
         for key, count in wanted.items()
         if count > available
     ]
-    manifest = store_dir(config) / "manifest.json"
+    manifest = Path(store or store_dir(config)) / "manifest.json"
     if found or not manifest.is_file():
         return found
     try:
