@@ -4,14 +4,12 @@
 
 rule aggregate_partial:
     input:
-        part=f"{RUN}/capture/part_{{part}}.parquet",
+        part=rules.capture.output.part,
         code=package_code("aggregate_partial"),
     output:
         partial=directory(f"{RUN}/aggregate/partials/part_{{part}}"),
     log:
         f"{LOGS}/aggregate/partial_{{part}}.log",
-    wildcard_constraints:
-        part=r"\d{4}",
     conda:
         "../envs/analysis.yaml"
     params:

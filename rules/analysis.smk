@@ -5,9 +5,7 @@
 
 rule atlas:
     input:
-        manifest=shard_files("manifest"),
-        shards=shard_files("shards"),
-        model=model_inputs,
+        **MODEL_JOB_INPUTS,
         code=package_code("atlas"),
     output:
         part=f"{RUN}/atlas/part_{{part}}.parquet",
@@ -15,21 +13,16 @@ rule atlas:
         f"{LOGS}/atlas/part_{{part}}.log",
     benchmark:
         f"{BENCHMARKS}/atlas/part_{{part}}.tsv"
-    wildcard_constraints:
-        part=r"\d{4}",
     conda:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus,
+        **MODEL_JOB_RESOURCES,
         batch_size=setting("capture", "batch_size"),
-        query_block_size=setting("capture", "query_block_size"),
     params:
-        model=model_settings,
-        model_path=model_path,
+        **MODEL_JOB_PARAMS,
         sample_range=capture_sample_range,
         scales=atlas_scales,
-        capture=capture_settings,
     script:
         "../workflow_scripts/atlas.py"
 

@@ -20,9 +20,7 @@ rule capture_samples:
 
 rule capture:
     input:
-        manifest=shard_files("manifest"),
-        shards=shard_files("shards"),
-        model=model_inputs,
+        **MODEL_JOB_INPUTS,
         code=package_code("capture"),
     output:
         part=f"{RUN}/capture/part_{{part}}.parquet",
@@ -30,20 +28,15 @@ rule capture:
         f"{LOGS}/capture/part_{{part}}.log",
     benchmark:
         f"{BENCHMARKS}/capture/part_{{part}}.tsv"
-    wildcard_constraints:
-        part=r"\d{4}",
     conda:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus,
+        **MODEL_JOB_RESOURCES,
         batch_size=setting("capture", "batch_size"),
-        query_block_size=setting("capture", "query_block_size"),
     params:
-        model=model_settings,
-        model_path=model_path,
+        **MODEL_JOB_PARAMS,
         sample_range=capture_sample_range,
-        capture=capture_settings,
         provenance=run_provenance,
     script:
         "../workflow_scripts/capture.py"

@@ -52,7 +52,9 @@ if workflow.is_main_process:
         "data.source and data.split only; give the entry a local folder"
         for run, run_config in RUNS.items()
         if is_hub_id(run_config["data"]["source"])
-        and str(hub_cache_dir(run_config["data"]["source"], run_config["data"]["split"]))
+        and str(
+            hub_cache_dir(run_config["data"]["source"], run_config["data"]["split"])
+        )
         != HUB_DATASET_DIR
     ]
     _problems += [
@@ -71,8 +73,12 @@ if workflow.is_main_process and (hint := stale_lock_hint(Path.cwd(), sys.argv)):
     print(f"spectra: {hint}", file=sys.stderr)
 
 
+# Every wildcard's form, declared once for every rule.
 wildcard_constraints:
     run="|".join(re.escape(run) for run in RUNS),
+    part=r"\d{4}",
+    layer=r"\d+",
+    head=r"\d+",
     store="|".join(re.escape(Path(store).name) for store in STORE_OWNERS),
     demo_model="|".join(map(re.escape, spectra_config.demo_models(RUNS))) or "(?!)",
 
@@ -280,9 +286,10 @@ def capture_ranges(run):
     return sample_ranges(capture["n_samples"], capture["samples_per_job"])
 
 
-def run_files(run, template, count):
-    """``template`` (a path under results/{run}/ with {index}) for each index below count."""
-    return [template.format(run=run, index=f"{index:04d}") for index in range(count)]
+def part_ids(run):
+    """The capture parts' numbers (the part wildcard) of a run: one per range of
+    capture.samples_per_job samples."""
+    return [f"{index:04d}" for index in range(len(capture_ranges(run)))]
 
 
 def capture_parts(wildcards):
@@ -291,9 +298,7 @@ def capture_parts(wildcards):
 
 
 def capture_part_files(run):
-    return run_files(
-        run, "results/{run}/capture/part_{index}.parquet", len(capture_ranges(run))
-    )
+    return expand(rules.capture.output.part, run=run, part=part_ids(run))
 
 
 def capture_sample_range(wildcards):
@@ -378,32 +383,42 @@ def check_name(wildcards, output):
 
 
 def head_files(run, template):
-    """``template`` (with {run} and {head}) for each intervened head of the run."""
+    """A rule's output ``template`` (with the {run}, {layer} and {head} wildcards) for each
+    intervened head of the run."""
     return [
-        template.format(run=run, head=f"L{entry['layer']}_H{entry['head']}")
+        template.format(run=run, layer=entry["layer"], head=entry["head"])
         for entry in intervention_heads(run)
+    ]
+
+
+def check_report_files(run):
+    """Every gate-check report of the run, check by check."""
+    return [
+        path
+        for check in CHECKS
+        for path in head_files(run, getattr(rules, f"check_{check}").output.report)
     ]
 
 
 def intervention_outputs(run):
     """Every head's sweep tables and gate-check reports."""
-    outputs = head_files(run, "results/{run}/intervention/{head}/sweep.parquet")
-    for check in CHECKS:
-        outputs += head_files(run, f"results/{{run}}/checks/{check}_{{head}}.json")
-    return outputs
+    return [
+        *head_files(run, rules.intervention_sweep.output.sweep),
+        *check_report_files(run),
+    ]
 
 
 def aggregate_partials(wildcards):
-    run = wildcards.run
-    return run_files(
-        run, "results/{run}/aggregate/partials/part_{index}", len(capture_ranges(run))
+    return expand(
+        rules.aggregate_partial.output.partial,
+        run=wildcards.run,
+        part=part_ids(wildcards.run),
     )
 
 
 def atlas_parts(wildcards):
-    run = wildcards.run
-    return run_files(
-        run, "results/{run}/atlas/part_{index}.parquet", len(capture_ranges(run))
+    return expand(
+        rules.atlas.output.part, run=wildcards.run, part=part_ids(wildcards.run)
     )
 
 
@@ -418,28 +433,20 @@ def atlas_tolerance(wildcards):
 
 
 def sweep_tables(wildcards):
-    return head_files(wildcards.run, "results/{run}/intervention/{head}/sweep.parquet")
+    return head_files(wildcards.run, rules.intervention_sweep.output.sweep)
 
 
 def token_tables(wildcards):
-    return head_files(wildcards.run, "results/{run}/intervention/{head}/tokens.parquet")
+    return head_files(wildcards.run, rules.intervention_sweep.output.tokens)
 
 
 def trend_tables(wildcards):
-    return head_files(
-        wildcards.run, "results/{run}/intervention/{head}/trend_analysis.csv"
-    )
+    return head_files(wildcards.run, rules.intervention_sweep.output.trends)
 
 
 def check_reports(wildcards):
     """Every gate-check report: the gain analysis runs only once all of them have passed."""
-    return [
-        path
-        for check in CHECKS
-        for path in head_files(
-            wildcards.run, f"results/{{run}}/checks/{check}_{{head}}.json"
-        )
-    ]
+    return check_report_files(wildcards.run)
 
 
 def selected_heads_file(wildcards):
@@ -500,3 +507,22 @@ def finished_outputs(wildcards):
     them: it must describe a configuration that ran, not one that failed on the way."""
     described = rules.describe_config.output.text.format(run=wildcards.run)
     return [path for path in run_outputs(wildcards.run) if path != described]
+
+
+# What every rule that runs the model shares (capture, atlas, the sweeps and the gate checks),
+# written once: the shards and the model it reads, one GPU slot per model.gpus, the query block
+# that bounds its memory, and the params that identify the model and define a metric.
+MODEL_JOB_INPUTS = {
+    "manifest": shard_files("manifest"),
+    "shards": shard_files("shards"),
+    "model": model_inputs,
+}
+MODEL_JOB_RESOURCES = {
+    "gpu": model_gpus,
+    "query_block_size": setting("capture", "query_block_size"),
+}
+MODEL_JOB_PARAMS = {
+    "model": model_settings,
+    "model_path": model_path,
+    "capture": capture_settings,
+}

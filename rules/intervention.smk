@@ -20,9 +20,7 @@ checkpoint select_heads:
 
 rule intervention_sweep:
     input:
-        manifest=shard_files("manifest"),
-        shards=shard_files("shards"),
-        model=model_inputs,
+        **MODEL_JOB_INPUTS,
         code=package_code("intervention_sweep"),
     output:
         tokens=f"{RUN}/intervention/L{{layer}}_H{{head}}/tokens.parquet",
@@ -33,23 +31,17 @@ rule intervention_sweep:
         f"{LOGS}/intervention/L{{layer}}_H{{head}}.log",
     benchmark:
         f"{BENCHMARKS}/intervention/L{{layer}}_H{{head}}.tsv"
-    wildcard_constraints:
-        layer=r"\d+",
-        head=r"\d+",
     conda:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus,
+        **MODEL_JOB_RESOURCES,
         batch_size=setting("intervention", "batch_size"),
-        query_block_size=setting("capture", "query_block_size"),
     params:
-        model=model_settings,
-        model_path=model_path,
+        **MODEL_JOB_PARAMS,
         head=head_spec,
         scales=head_scales,
         n_samples=head_n_samples,
-        capture=capture_settings,
         provenance=run_provenance,
     script:
         "../workflow_scripts/intervention_sweep.py"
@@ -57,31 +49,23 @@ rule intervention_sweep:
 
 rule check_baseline_sanity:
     input:
-        manifest=shard_files("manifest"),
-        shards=shard_files("shards"),
-        model=model_inputs,
+        **MODEL_JOB_INPUTS,
         code=package_code("check_intervention"),
     output:
         report=f"{RUN}/checks/baseline_sanity_L{{layer}}_H{{head}}.json",
     log:
         f"{LOGS}/checks/baseline_sanity_L{{layer}}_H{{head}}.log",
-    wildcard_constraints:
-        layer=r"\d+",
-        head=r"\d+",
     conda:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=model_gpus,
-        query_block_size=setting("capture", "query_block_size"),
+        **MODEL_JOB_RESOURCES,
     params:
+        **MODEL_JOB_PARAMS,
         check=check_name,
-        model=model_settings,
-        model_path=model_path,
         head=head_spec,
         scales=head_scales,
         n_samples=setting("intervention", "check_samples"),
-        capture=capture_settings,
     script:
         "../workflow_scripts/check_intervention.py"
 
