@@ -188,6 +188,22 @@ def job_devices(log_dir: Path) -> list[dict]:
     return jobs
 
 
+def compare_runs(one: Path, other: Path) -> dict:
+    """The first capture part and the L2_H0 sweep of two runs' results folders, value by value."""
+    return {
+        "capture": compare_tables(
+            one / "capture" / "part_0000.parquet",
+            other / "capture" / "part_0000.parquet",
+            ["sample_id", "layer", "head", "token_pos"],
+        ),
+        "sweep": compare_tables(
+            one / "intervention" / "L2_H0" / "sweep.parquet",
+            other / "intervention" / "L2_H0" / "sweep.parquet",
+            ["layer", "head", "role", "scale", "sample_id"],
+        ),
+    }
+
+
 def compare_tables(gpu: Path, cpu: Path, keys: list[str]) -> dict:
     """Value-by-value comparison of two Parquet tables of the same rows."""
     import numpy as np
@@ -257,17 +273,7 @@ def main() -> None:
         step = snakemake(workdir, [*targets, *base, *config, "--resources", "gpu=1"], left(140))
         step["output"] = step["output"][-3000:]
         if step["rc"] == 0:
-            gpu, cpu = workdir / "results" / "demo", workdir / "results" / "cpu"
-            step["capture"] = compare_tables(
-                gpu / "capture" / "part_0000.parquet",
-                cpu / "capture" / "part_0000.parquet",
-                ["sample_id", "layer", "head", "token_pos"],
-            )
-            step["sweep"] = compare_tables(
-                gpu / "intervention" / "L2_H0" / "sweep.parquet",
-                cpu / "intervention" / "L2_H0" / "sweep.parquet",
-                ["layer", "head", "role", "scale", "sample_id"],
-            )
+            step.update(compare_runs(workdir / "results" / "demo", workdir / "results" / "cpu"))
         report["steps"]["gpu_vs_cpu"] = step
         save()
 
@@ -304,17 +310,8 @@ def main() -> None:
             step = snakemake(workdir, [*targets, *files, "--resources", "gpu=2"], left(110))
             step["output"] = step["output"][-3000:]
             if step["rc"] == 0:
-                one, split = workdir / "results" / "demo", workdir / "results" / "split"
-                step["capture"] = compare_tables(
-                    one / "capture" / "part_0000.parquet",
-                    split / "capture" / "part_0000.parquet",
-                    ["sample_id", "layer", "head", "token_pos"],
-                )
-                step["sweep"] = compare_tables(
-                    one / "intervention" / "L2_H0" / "sweep.parquet",
-                    split / "intervention" / "L2_H0" / "sweep.parquet",
-                    ["layer", "head", "role", "scale", "sample_id"],
-                )
+                split = workdir / "results" / "split"
+                step.update(compare_runs(workdir / "results" / "demo", split))
                 step["jobs"] = job_devices(split / "logs")
         report["steps"]["device_map"] = step
         save()
