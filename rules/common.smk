@@ -286,6 +286,19 @@ def capture_ranges(run):
     return sample_ranges(capture["n_samples"], capture["samples_per_job"])
 
 
+def filled(path, **wildcards):
+    """A rule's output ``path`` (``rules.<rule>.output.<name>``) with ``wildcards`` filled in,
+    by Snakemake's own apply_wildcards, which keeps what Snakemake attached to the path: under a
+    default storage provider (S3 on SageMaker) it stands for a storage object, which str.format
+    would cut it loose from and expand() refuses."""
+    return path.apply_wildcards(wildcards)
+
+
+def each_run(path):
+    """A rule's output ``path`` for every run."""
+    return [filled(path, run=run) for run in RUNS]
+
+
 def part_ids(run):
     """The capture parts' numbers (the part wildcard) of a run: one per range of
     capture.samples_per_job samples."""
@@ -298,7 +311,9 @@ def capture_parts(wildcards):
 
 
 def capture_part_files(run):
-    return expand(rules.capture.output.part, run=run, part=part_ids(run))
+    return [
+        filled(rules.capture.output.part, run=run, part=part) for part in part_ids(run)
+    ]
 
 
 def capture_sample_range(wildcards):
@@ -386,7 +401,7 @@ def head_files(run, template):
     """A rule's output ``template`` (with the {run}, {layer} and {head} wildcards) for each
     intervened head of the run."""
     return [
-        template.format(run=run, layer=entry["layer"], head=entry["head"])
+        filled(template, run=run, layer=entry["layer"], head=entry["head"])
         for entry in intervention_heads(run)
     ]
 
@@ -409,17 +424,17 @@ def intervention_outputs(run):
 
 
 def aggregate_partials(wildcards):
-    return expand(
-        rules.aggregate_partial.output.partial,
-        run=wildcards.run,
-        part=part_ids(wildcards.run),
-    )
+    return [
+        filled(rules.aggregate_partial.output.partial, run=wildcards.run, part=part)
+        for part in part_ids(wildcards.run)
+    ]
 
 
 def atlas_parts(wildcards):
-    return expand(
-        rules.atlas.output.part, run=wildcards.run, part=part_ids(wildcards.run)
-    )
+    return [
+        filled(rules.atlas.output.part, run=wildcards.run, part=part)
+        for part in part_ids(wildcards.run)
+    ]
 
 
 def atlas_scales(wildcards):
@@ -474,7 +489,7 @@ def run_outputs(run):
     heads are known only after the capture)."""
     outputs = [
         *(
-            path.format(run=run)
+            filled(path, run=run)
             for path in (
                 rules.publish_shards.output.manifest,
                 rules.capture_samples.output.samples,
@@ -490,7 +505,7 @@ def run_outputs(run):
         *intervention_outputs(run),
     ]
     if RUNS[run]["capture"]["export_csv"]:
-        outputs.append(rules.export_capture_csv.output.csv.format(run=run))
+        outputs.append(filled(rules.export_capture_csv.output.csv, run=run))
     return outputs
 
 
@@ -505,7 +520,7 @@ def final_outputs(wildcards):
 def finished_outputs(wildcards):
     """Every output of the run but the configuration's description, which is written after
     them: it must describe a configuration that ran, not one that failed on the way."""
-    described = rules.describe_config.output.text.format(run=wildcards.run)
+    described = filled(rules.describe_config.output.text, run=wildcards.run)
     return [path for path in run_outputs(wildcards.run) if path != described]
 
 

@@ -4,9 +4,9 @@
 
 rule compare_models:
     input:
-        verdicts=expand(rules.gain.output.verdict, run=RUNS),
-        atlases=expand(rules.atlas_gain.output.gains, run=RUNS),
-        head_summaries=expand(rules.aggregate.output.head_summary, run=RUNS),
+        verdicts=each_run(rules.gain.output.verdict),
+        atlases=each_run(rules.atlas_gain.output.gains),
+        head_summaries=each_run(rules.aggregate.output.head_summary),
         code=package_code("compare_models"),
     output:
         table=report(
