@@ -356,13 +356,27 @@ def _iter_jsonl(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[Do
                     f"({exc.__class__.__name__}: {exc}); the file was cut short"
                 ) from exc
             parsed = f"malformed JSON ({exc.__class__.__name__}: {exc})"
-        if isinstance(parsed, str):
-            if on_bad_record == "fail":
-                raise CorpusError(f"{location}: {parsed} (data.on_bad_record: fail)")
-            stats.record_bad(location, parsed, path)
-            continue
-        stats.record_good(path)
-        yield Document(text=parsed[0], source=parsed[1], location=location)
+        document = _accepted(parsed, location, path, stats, on_bad_record)
+        if document is not None:
+            yield document
+
+
+def _accepted(
+    parsed: tuple[str, str] | str,
+    location: str,
+    path: Path,
+    stats: ReadStats,
+    on_bad_record: str,
+) -> Document | None:
+    """The document of a parsed record, counted as good; None for a bad one (``parsed`` is then
+    the reason), counted and logged as skipped, or raised with ``on_bad_record: fail``."""
+    if isinstance(parsed, str):
+        if on_bad_record == "fail":
+            raise CorpusError(f"{location}: {parsed} (data.on_bad_record: fail)")
+        stats.record_bad(location, parsed, path)
+        return None
+    stats.record_good(path)
+    return Document(text=parsed[0], source=parsed[1], location=location)
 
 
 def _iter_parquet(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[Document]:
@@ -384,13 +398,9 @@ def _iter_parquet(path: Path, stats: ReadStats, on_bad_record: str) -> Iterator[
                     with contextlib.suppress(json.JSONDecodeError):
                         record["meta"] = json.loads(meta)
                 parsed = _parse_record(record)
-                if isinstance(parsed, str):
-                    if on_bad_record == "fail":
-                        raise CorpusError(f"{location}: {parsed} (data.on_bad_record: fail)")
-                    stats.record_bad(location, parsed, path)
-                    continue
-                stats.record_good(path)
-                yield Document(text=parsed[0], source=parsed[1], location=location)
+                document = _accepted(parsed, location, path, stats, on_bad_record)
+                if document is not None:
+                    yield document
     except CorpusError:
         raise
     except Exception as exc:  # pyarrow's errors for damaged pages vary by version
